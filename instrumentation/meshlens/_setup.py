@@ -1,0 +1,218 @@
+"""Puts the parts together: what ``import meshlens.auto`` and ``meshlens.configure()`` do."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import prometheus_client
+import prometheus_client.values
+from opentelemetry import propagate, trace
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.util._importlib_metadata import entry_points
+from prometheus_client import CollectorRegistry
+
+from meshlens import catalogue, libraries, logs, multiprocess
+from meshlens._version import __version__
+from meshlens.exposition import ApplicationMetrics, BeforeScrape, MetricsServer
+from meshlens.instruments import Instruments
+from meshlens.red import RedMetricsProcessor
+from meshlens.runtime import EventLoopLagMonitor, RuntimeMetrics
+from meshlens.settings import Settings, load_settings
+from meshlens.tracing import (
+    CountedBatchSpanProcessor,
+    build_resource,
+    build_tracer_provider,
+    flush_and_shutdown,
+)
+
+_logger = logging.getLogger("meshlens")
+
+# The contrib instrumentations emit the stable HTTP and database attribute names only
+# when asked; meshlens reads both, and asks for the stable ones unless the user chose.
+SEMCONV_OPT_IN = ("OTEL_SEMCONV_STABILITY_OPT_IN", "http,database")
+
+
+@dataclass
+class Runtime:
+    """What a configured meshlens holds; returned by :func:`meshlens.configure`."""
+
+    settings: Settings
+    tracer_provider: TracerProvider
+    span_processor: CountedBatchSpanProcessor | None
+    instruments: Instruments
+    registry: CollectorRegistry
+    group: multiprocess.Group | None
+    metrics_server: MetricsServer | None
+    runtime_metrics: RuntimeMetrics | None
+    instrumented: list[libraries.Outcome] = field(default_factory=list)
+    _stopped: bool = False
+
+    def shutdown(self) -> None:
+        """Flushes buffered spans and stops the endpoint; safe to call more than once."""
+        if self._stopped:
+            return
+        self._stopped = True
+        flush_and_shutdown(self.tracer_provider, self.span_processor, self.settings.shutdown_timeout_s)
+        if self.runtime_metrics is not None:
+            self.runtime_metrics.stop()
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+_disabled = False
+
+
+def current() -> Runtime | None:
+    """The running configuration, if meshlens is configured in this process."""
+    return _runtime
+
+
+def configure(**overrides: Any) -> Runtime | None:
+    """Sets up tracing, metrics and log correlation, and instruments installed libraries.
+
+    Keyword arguments override the environment (see :class:`meshlens.Settings`). A
+    second call returns the first call's runtime. Returns None when
+    ``OTEL_SDK_DISABLED=true``, or when setup failed (logged): the service always runs.
+    """
+    global _runtime, _disabled
+    with _lock:
+        if _runtime is not None or _disabled:
+            if overrides:
+                _logger.warning("meshlens: already configured; configure(%s) ignored", ", ".join(overrides))
+            return _runtime
+        settings = load_settings(**overrides)
+        if settings.sdk_disabled:
+            _disabled = True
+            return None
+        try:
+            _runtime = _start(settings)
+        except Exception:
+            _disabled = True
+            _logger.exception("meshlens: setup failed; the service runs without meshlens telemetry")
+            return None
+        return _runtime
+
+
+def _propagator(names: tuple[str, ...]) -> TextMapPropagator:
+    found: list[TextMapPropagator] = []
+    for name in names:
+        if name == "none":
+            continue
+        points = list(entry_points(group="opentelemetry_propagator", name=name))
+        if not points:
+            _logger.warning("meshlens: unknown propagator %r in OTEL_PROPAGATORS; skipped", name)
+            continue
+        try:
+            found.append(points[0].load()())
+        except Exception as exc:
+            _logger.warning("meshlens: propagator %r failed to load (%s); skipped", name, exc)
+    return CompositePropagator(found)
+
+
+def _start(settings: Settings) -> Runtime:
+    group = multiprocess.detect_group(settings.multiprocess_dir)
+    exemplar_sink = None
+    if group is not None:
+        multiprocess.prepare(group)
+        # prometheus-client's multiprocess values find their folder through this variable,
+        # in this process and in the workers it forks.
+        os.environ[multiprocess.ENV_PROMETHEUS_DIR] = str(group.directory)
+        prometheus_client.values.ValueClass = prometheus_client.values.MultiProcessValue()
+        exemplar_sink = multiprocess.ExemplarFile(group.directory)
+    # `_created` series double the series count for a timestamp Prometheus does not use.
+    prometheus_client.disable_created_metrics()
+    instruments = Instruments(settings.metric_label_set_limit, exemplar_sink=exemplar_sink)
+    instruments[catalogue.MESHLENS_INFO].labels(__version__, group.server if group else "").set(1)
+
+    os.environ.setdefault(*SEMCONV_OPT_IN)
+    runtime_metrics = RuntimeMetrics(instruments) if settings.runtime_metrics else None
+    loop_monitor = EventLoopLagMonitor(instruments) if settings.runtime_metrics else None
+    red = RedMetricsProcessor(instruments, loop_monitor.watch_current_loop if loop_monitor else None)
+    tracer_provider, span_processor = build_tracer_provider(
+        settings, build_resource(settings), instruments, red
+    )
+    trace.set_tracer_provider(tracer_provider)
+    propagate.set_global_textmap(_propagator(settings.propagators))
+
+    if settings.log_correlation:
+        logs.install()
+
+    registry = CollectorRegistry(auto_describe=False)
+    samplers = []
+    if runtime_metrics is not None:
+        samplers.append(runtime_metrics.sample)
+    if span_processor is not None:
+        samplers.append(span_processor.sample_queue)
+    registry.register(BeforeScrape(samplers))
+    if group is None:
+        registry.register(instruments)
+        registry.register(ApplicationMetrics(spec.base_name for spec in catalogue.CATALOGUE))
+    else:
+        registry.register(multiprocess.GroupCollector(group.directory))
+        if runtime_metrics is not None:
+            # Another worker may answer the scrape: keep this one's files current.
+            runtime_metrics.start_background(settings.runtime_interval_s)
+
+    server = None
+    if settings.metrics_port:
+        server = MetricsServer(registry, settings.metrics_host, settings.metrics_port)
+        if not server.start():
+            server = None
+
+    runtime = Runtime(
+        settings=settings,
+        tracer_provider=tracer_provider,
+        span_processor=span_processor,
+        instruments=instruments,
+        registry=registry,
+        group=group,
+        metrics_server=server,
+        runtime_metrics=runtime_metrics,
+    )
+    runtime.instrumented = libraries.instrument_installed(tracer_provider, settings.disabled_instrumentations)
+    atexit.register(runtime.shutdown)
+    _install_sigterm_flush(runtime)
+    return runtime
+
+
+def _install_sigterm_flush(runtime: Runtime) -> None:
+    """Flushes on SIGTERM where the process would otherwise die without running atexit.
+
+    Only when SIGTERM still has its default action: a server that handles SIGTERM
+    itself (gunicorn) exits normally and atexit flushes. uvicorn restores the handler
+    it found when it stops and re-raises the signal, so this handler then runs too.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    with contextlib.suppress(ValueError, OSError):
+        if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+            return
+
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
+            runtime.shutdown()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _reset_for_tests() -> None:
+    """Forgets the configuration (tests only; the global providers stay set)."""
+    global _runtime, _disabled
+    with _lock:
+        if _runtime is not None:
+            _runtime.shutdown()
+            if _runtime.metrics_server is not None:
+                _runtime.metrics_server.stop()
+        _runtime = None
+        _disabled = False

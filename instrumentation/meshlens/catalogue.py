@@ -1,0 +1,477 @@
+"""The telemetry catalogue: every metric meshlens emits or reads, declared once.
+
+The runtime creates its instruments from this module; dashboards, alerts and the
+metrics table in the docs are built from it. A metric name, a label or a bucket
+boundary is written here and nowhere else.
+
+Names follow the OpenTelemetry stable semantic conventions translated to Prometheus
+by the OpenTelemetry-to-Prometheus rules: dots become underscores, the unit is
+appended (``s`` -> ``_seconds``, ``By`` -> ``_bytes``; annotations such as
+``{request}`` are dropped) and counters end in ``_total``.
+
+This module has no dependencies beyond the standard library, so the build tooling
+can import it without pulling in OpenTelemetry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Kind(str, Enum):
+    """The Prometheus metric type of a declared metric."""
+
+    COUNTER = "counter"
+    GAUGE = "gauge"
+    HISTOGRAM = "histogram"
+
+
+class Origin(str, Enum):
+    """Who produces the metric."""
+
+    MESHLENS = "meshlens"  # the meshlens runtime, on the service's /metrics
+    PROMETHEUS = "prometheus"  # synthesised by Prometheus itself (up)
+    ISTIO = "istio"  # the Envoy sidecars, via Istio's standard metrics
+    OTELCOL = "otelcol"  # the OpenTelemetry Collector's own telemetry
+    KAFKA_EXPORTER = "kafka-exporter"  # the broker-side lag exporter
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric: how it is created, queried and documented."""
+
+    name: str
+    """The Prometheus family name as queried (counters include ``_total``)."""
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ()
+    unit: str = ""
+    """The OpenTelemetry unit (``s``, ``By``, ``{request}``), empty when dimensionless."""
+    buckets: tuple[float, ...] = ()
+    semconv: str | None = None
+    """The OpenTelemetry instrument this translates, when it follows the semantic conventions."""
+    origin: Origin = Origin.MESHLENS
+    multiprocess_mode: str = "livesum"
+    """For gauges in pre-fork servers: how the live workers' values combine (a prometheus-client
+    ``live*`` mode, so that a dead worker's gauges disappear with it)."""
+
+    @property
+    def emitted(self) -> bool:
+        return self.origin is Origin.MESHLENS
+
+    @property
+    def base_name(self) -> str:
+        """The name prometheus-client is given: counters without their ``_total``."""
+        if self.kind is Kind.COUNTER and self.name.endswith("_total"):
+            return self.name[: -len("_total")]
+        return self.name
+
+    def series_names(self) -> tuple[str, ...]:
+        """Every sample name the family exposes, as a PromQL selector would name it."""
+        if self.kind is Kind.HISTOGRAM:
+            return (f"{self.name}_bucket", f"{self.name}_sum", f"{self.name}_count")
+        return (self.name,)
+
+
+# Bucket boundaries advised by the semantic conventions for request durations.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+# Database and cache calls are typically faster than a whole request: finer low end.
+DB_DURATION_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+EVENT_LOOP_LAG_BUCKETS: tuple[float, ...] = (
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+
+# Label names, each written once.
+HTTP_REQUEST_METHOD = "http_request_method"
+HTTP_ROUTE = "http_route"
+HTTP_RESPONSE_STATUS_CODE = "http_response_status_code"
+URL_SCHEME = "url_scheme"
+SERVER_ADDRESS = "server_address"
+DB_SYSTEM_NAME = "db_system_name"
+DB_NAMESPACE = "db_namespace"
+DB_OPERATION_NAME = "db_operation_name"
+RPC_SYSTEM = "rpc_system"
+RPC_SERVICE = "rpc_service"
+RPC_METHOD = "rpc_method"
+RPC_GRPC_STATUS_CODE = "rpc_grpc_status_code"
+CPU_MODE = "cpu_mode"
+GC_GENERATION = "cpython_gc_generation"
+OVERFLOW_LABEL = "otel_metric_overflow"
+"""The one label of the overflow series that takes what passes a cardinality limit."""
+
+# Self-metric label names.
+REASON = "reason"
+METRIC = "metric"
+SIGNAL = "signal"
+VERSION = "version"
+MULTIPROCESS = "multiprocess"
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """The set of declared metrics, indexed by name."""
+
+    metrics: tuple[MetricSpec, ...]
+    _by_name: dict[str, MetricSpec] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_name: dict[str, MetricSpec] = {}
+        for spec in self.metrics:
+            if spec.name in by_name:
+                raise ValueError(f"metric {spec.name!r} is declared twice in the catalogue")
+            by_name[spec.name] = spec
+        object.__setattr__(self, "_by_name", by_name)
+
+    def __iter__(self) -> Iterator[MetricSpec]:
+        return iter(self.metrics)
+
+    def __getitem__(self, name: str) -> MetricSpec:
+        return self._by_name[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def emitted(self) -> tuple[MetricSpec, ...]:
+        return tuple(m for m in self.metrics if m.emitted)
+
+    def lookup_series(self, series: str) -> MetricSpec | None:
+        """The metric a sample name (``..._bucket``, ``..._count``) belongs to, if declared."""
+        for spec in self.metrics:
+            if series in spec.series_names():
+                return spec
+        return None
+
+
+# --- HTTP ------------------------------------------------------------------
+
+HTTP_SERVER_REQUEST_DURATION = MetricSpec(
+    name="http_server_request_duration_seconds",
+    kind=Kind.HISTOGRAM,
+    unit="s",
+    help="Duration of HTTP server requests.",
+    labels=(HTTP_REQUEST_METHOD, HTTP_ROUTE, HTTP_RESPONSE_STATUS_CODE),
+    buckets=DURATION_BUCKETS,
+    semconv="http.server.request.duration",
+)
+HTTP_SERVER_ACTIVE_REQUESTS = MetricSpec(
+    name="http_server_active_requests",
+    kind=Kind.GAUGE,
+    unit="{request}",
+    help="Number of HTTP server requests in flight.",
+    labels=(HTTP_REQUEST_METHOD, URL_SCHEME),
+    semconv="http.server.active_requests",
+    multiprocess_mode="livesum",
+)
+HTTP_CLIENT_REQUEST_DURATION = MetricSpec(
+    name="http_client_request_duration_seconds",
+    kind=Kind.HISTOGRAM,
+    unit="s",
+    help="Duration of HTTP client requests.",
+    labels=(HTTP_REQUEST_METHOD, SERVER_ADDRESS, HTTP_RESPONSE_STATUS_CODE),
+    buckets=DURATION_BUCKETS,
+    semconv="http.client.request.duration",
+)
+
+# --- RPC -------------------------------------------------------------------
+
+RPC_SERVER_DURATION = MetricSpec(
+    name="rpc_server_duration_seconds",
+    kind=Kind.HISTOGRAM,
+    unit="s",
+    help="Duration of inbound RPCs.",
+    labels=(RPC_SYSTEM, RPC_SERVICE, RPC_METHOD, RPC_GRPC_STATUS_CODE),
+    buckets=DURATION_BUCKETS,
+    semconv="rpc.server.duration",
+)
+RPC_CLIENT_DURATION = MetricSpec(
+    name="rpc_client_duration_seconds",
+    kind=Kind.HISTOGRAM,
+    unit="s",
+    help="Duration of outbound RPCs.",
+    labels=(RPC_SYSTEM, RPC_SERVICE, RPC_METHOD, RPC_GRPC_STATUS_CODE),
+    buckets=DURATION_BUCKETS,
+    semconv="rpc.client.duration",
+)
+
+# --- Databases and caches --------------------------------------------------
+
+DB_CLIENT_OPERATION_DURATION = MetricSpec(
+    name="db_client_operation_duration_seconds",
+    kind=Kind.HISTOGRAM,
+    unit="s",
+    help="Duration of database client operations (PostgreSQL, Redis, ...).",
+    labels=(DB_SYSTEM_NAME, DB_NAMESPACE, DB_OPERATION_NAME),
+    buckets=DB_DURATION_BUCKETS,
+    semconv="db.client.operation.duration",
+)
+
+# --- Python runtime --------------------------------------------------------
+
+PROCESS_CPU_TIME = MetricSpec(
+    name="process_cpu_time_seconds_total",
+    kind=Kind.COUNTER,
+    unit="s",
+    help="CPU time consumed by the service's processes.",
+    labels=(CPU_MODE,),
+    semconv="process.cpu.time",
+)
+PROCESS_MEMORY_USAGE = MetricSpec(
+    name="process_memory_usage_bytes",
+    kind=Kind.GAUGE,
+    unit="By",
+    help="Resident memory of the service's processes (summed over pre-fork workers).",
+    semconv="process.memory.usage",
+)
+PROCESS_MEMORY_VIRTUAL = MetricSpec(
+    name="process_memory_virtual_bytes",
+    kind=Kind.GAUGE,
+    unit="By",
+    help="Virtual memory of the service's processes (summed over pre-fork workers).",
+    semconv="process.memory.virtual",
+)
+PROCESS_THREAD_COUNT = MetricSpec(
+    name="process_thread_count",
+    kind=Kind.GAUGE,
+    unit="{thread}",
+    help="Threads of the service's processes (summed over pre-fork workers).",
+    semconv="process.thread.count",
+)
+PROCESS_OPEN_FILE_DESCRIPTOR_COUNT = MetricSpec(
+    name="process_open_file_descriptor_count",
+    kind=Kind.GAUGE,
+    unit="{file_descriptor}",
+    help="Open file descriptors of the service's processes (summed over pre-fork workers).",
+    semconv="process.open_file_descriptor.count",
+)
+CPYTHON_GC_COLLECTIONS = MetricSpec(
+    name="cpython_gc_collections_total",
+    kind=Kind.COUNTER,
+    unit="{collection}",
+    help="Garbage collector runs, by generation.",
+    labels=(GC_GENERATION,),
+    semconv="cpython.gc.collections",
+)
+CPYTHON_GC_COLLECTED_OBJECTS = MetricSpec(
+    name="cpython_gc_collected_objects_total",
+    kind=Kind.COUNTER,
+    unit="{object}",
+    help="Objects collected by the garbage collector, by generation.",
+    labels=(GC_GENERATION,),
+    semconv="cpython.gc.collected_objects",
+)
+CPYTHON_GC_UNCOLLECTABLE_OBJECTS = MetricSpec(
+    name="cpython_gc_uncollectable_objects_total",
+    kind=Kind.COUNTER,
+    unit="{object}",
+    help="Objects the garbage collector found uncollectable, by generation.",
+    labels=(GC_GENERATION,),
+    semconv="cpython.gc.uncollectable_objects",
+)
+ASYNCIO_EVENT_LOOP_LAG = MetricSpec(
+    name="python_asyncio_event_loop_lag_seconds",
+    kind=Kind.HISTOGRAM,
+    unit="s",
+    help="How late the asyncio event loop ran a callback scheduled for a known time: "
+    "the time every other coroutine waited behind blocking code.",
+    buckets=EVENT_LOOP_LAG_BUCKETS,
+)
+PROCESS_WORKERS = MetricSpec(
+    name="meshlens_process_workers",
+    kind=Kind.GAUGE,
+    unit="{process}",
+    help="Live processes of the service that report into this /metrics (pre-fork workers).",
+    multiprocess_mode="livesum",
+)
+
+# --- meshlens's own health -------------------------------------------------
+
+MESHLENS_INFO = MetricSpec(
+    name="meshlens_info",
+    kind=Kind.GAUGE,
+    help="Always 1; labels describe the meshlens runtime in this service.",
+    labels=(VERSION, MULTIPROCESS),
+    multiprocess_mode="livemax",
+)
+MESHLENS_SPANS_EXPORTED = MetricSpec(
+    name="meshlens_spans_exported_total",
+    kind=Kind.COUNTER,
+    unit="{span}",
+    help="Spans the exporter delivered to the OTLP endpoint.",
+)
+MESHLENS_SPANS_DROPPED = MetricSpec(
+    name="meshlens_spans_dropped_total",
+    kind=Kind.COUNTER,
+    unit="{span}",
+    help="Spans lost before delivery, by reason (queue_full: the bounded queue was full; "
+    "export_failed: the endpoint was down or refused them; shutdown: not flushed in time).",
+    labels=(REASON,),
+)
+MESHLENS_EXPORT_FAILURES = MetricSpec(
+    name="meshlens_export_failures_total",
+    kind=Kind.COUNTER,
+    unit="{export}",
+    help="Failed export calls (after the exporter's own retries), by signal.",
+    labels=(SIGNAL,),
+)
+MESHLENS_SPAN_QUEUE_SIZE = MetricSpec(
+    name="meshlens_span_queue_size",
+    kind=Kind.GAUGE,
+    unit="{span}",
+    help="Spans waiting in the export queue.",
+    multiprocess_mode="livesum",
+)
+MESHLENS_SPAN_QUEUE_CAPACITY = MetricSpec(
+    name="meshlens_span_queue_capacity",
+    kind=Kind.GAUGE,
+    unit="{span}",
+    help="Capacity of the export queue; spans past it are dropped and counted.",
+    multiprocess_mode="livesum",
+)
+MESHLENS_METRIC_OVERFLOW = MetricSpec(
+    name="meshlens_metric_overflow_total",
+    kind=Kind.COUNTER,
+    unit="{observation}",
+    help="Observations recorded into a metric's overflow series because the metric "
+    "reached its limit of distinct label sets.",
+    labels=(METRIC,),
+)
+
+# --- Read, not emitted -----------------------------------------------------
+
+UP = MetricSpec(
+    name="up",
+    kind=Kind.GAUGE,
+    help="1 when Prometheus scraped the target, 0 when the scrape failed.",
+    labels=("job", "instance", "namespace", "pod", "service"),
+    origin=Origin.PROMETHEUS,
+)
+
+_ISTIO_LABELS = (
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_cluster",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+)
+ISTIO_REQUESTS = MetricSpec(
+    name="istio_requests_total",
+    kind=Kind.COUNTER,
+    help="Requests handled by the Envoy sidecars (Istio standard metrics).",
+    labels=_ISTIO_LABELS,
+    origin=Origin.ISTIO,
+)
+ISTIO_REQUEST_DURATION = MetricSpec(
+    name="istio_request_duration_milliseconds",
+    kind=Kind.HISTOGRAM,
+    unit="ms",
+    help="Request duration seen by the Envoy sidecars (Istio standard metrics).",
+    labels=_ISTIO_LABELS,
+    origin=Origin.ISTIO,
+)
+ISTIO_TCP_SENT_BYTES = MetricSpec(
+    name="istio_tcp_sent_bytes_total",
+    kind=Kind.COUNTER,
+    unit="By",
+    help="Bytes sent on TCP connections through the sidecars.",
+    labels=_ISTIO_LABELS,
+    origin=Origin.ISTIO,
+)
+ISTIO_TCP_RECEIVED_BYTES = MetricSpec(
+    name="istio_tcp_received_bytes_total",
+    kind=Kind.COUNTER,
+    unit="By",
+    help="Bytes received on TCP connections through the sidecars.",
+    labels=_ISTIO_LABELS,
+    origin=Origin.ISTIO,
+)
+
+_OTELCOL_LABELS = ("service_instance_id", "service_name", "service_version")
+_OTELCOL_RECEIVER = (*_OTELCOL_LABELS, "receiver", "transport")
+_OTELCOL_EXPORTER = (*_OTELCOL_LABELS, "exporter")
+_OTELCOL_PROCESSOR = (*_OTELCOL_LABELS, "processor")
+
+
+def _otelcol(name: str, kind: Kind, help_text: str, labels: tuple[str, ...]) -> MetricSpec:
+    return MetricSpec(name=name, kind=kind, help=help_text, labels=labels, origin=Origin.OTELCOL)
+
+
+OTELCOL_RECEIVER_ACCEPTED_SPANS = _otelcol(
+    "otelcol_receiver_accepted_spans_total", Kind.COUNTER,
+    "Spans the collector's receivers pushed into the pipeline.", _OTELCOL_RECEIVER,
+)  # fmt: skip
+OTELCOL_RECEIVER_REFUSED_SPANS = _otelcol(
+    "otelcol_receiver_refused_spans_total", Kind.COUNTER,
+    "Spans the collector's receivers could not push into the pipeline.", _OTELCOL_RECEIVER,
+)  # fmt: skip
+OTELCOL_PROCESSOR_INCOMING_ITEMS = _otelcol(
+    "otelcol_processor_incoming_items_total", Kind.COUNTER,
+    "Items that entered a collector processor.", (*_OTELCOL_PROCESSOR, "otel_signal"),
+)  # fmt: skip
+OTELCOL_PROCESSOR_OUTGOING_ITEMS = _otelcol(
+    "otelcol_processor_outgoing_items_total", Kind.COUNTER,
+    "Items that left a collector processor.", (*_OTELCOL_PROCESSOR, "otel_signal"),
+)  # fmt: skip
+OTELCOL_EXPORTER_SENT_SPANS = _otelcol(
+    "otelcol_exporter_sent_spans_total", Kind.COUNTER,
+    "Spans the collector's exporters delivered.", _OTELCOL_EXPORTER,
+)  # fmt: skip
+OTELCOL_EXPORTER_SEND_FAILED_SPANS = _otelcol(
+    "otelcol_exporter_send_failed_spans_total", Kind.COUNTER,
+    "Spans the collector's exporters failed to deliver.", _OTELCOL_EXPORTER,
+)  # fmt: skip
+OTELCOL_EXPORTER_ENQUEUE_FAILED_SPANS = _otelcol(
+    "otelcol_exporter_enqueue_failed_spans_total", Kind.COUNTER,
+    "Spans the collector dropped because an exporter's sending queue was full.", _OTELCOL_EXPORTER,
+)  # fmt: skip
+OTELCOL_EXPORTER_QUEUE_SIZE = _otelcol(
+    "otelcol_exporter_queue_size", Kind.GAUGE,
+    "Batches in an exporter's sending queue.", (*_OTELCOL_EXPORTER, "data_type"),
+)  # fmt: skip
+OTELCOL_EXPORTER_QUEUE_CAPACITY = _otelcol(
+    "otelcol_exporter_queue_capacity", Kind.GAUGE,
+    "Capacity of an exporter's sending queue.", (*_OTELCOL_EXPORTER, "data_type"),
+)  # fmt: skip
+OTELCOL_PROCESS_MEMORY_RSS = _otelcol(
+    "otelcol_process_memory_rss_bytes", Kind.GAUGE,
+    "Resident memory of the collector.", _OTELCOL_LABELS,
+)  # fmt: skip
+
+KAFKA_CONSUMERGROUP_LAG = MetricSpec(
+    name="kafka_consumergroup_lag",
+    kind=Kind.GAUGE,
+    help="Broker-side consumer lag per group, topic and partition (kafka-exporter).",
+    labels=("consumergroup", "topic", "partition"),
+    origin=Origin.KAFKA_EXPORTER,
+)
+
+
+CATALOGUE = Catalogue(
+    tuple(value for value in dict(globals()).values() if isinstance(value, MetricSpec))
+)
+"""Every declared metric, in declaration order."""

@@ -1,0 +1,303 @@
+"""Real parts for the tests: an OTLP/HTTP receiver, service processes on loopback, scrapes.
+
+Everything here talks over real sockets on 127.0.0.1; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = Path(__file__).resolve().parent / "apps"
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- OTLP receiver -------------------------------------------------------------
+
+
+@dataclass
+class ReceivedSpan:
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    name: str
+    kind: int
+    attributes: dict[str, Any]
+    resource: dict[str, Any]
+    status_code: int
+    events: list[str]
+
+
+def _value(any_value: Any) -> Any:
+    kind = any_value.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(v) for v in any_value.array_value.values]
+    return getattr(any_value, kind) if kind else None
+
+
+def _attributes(items: Any) -> dict[str, Any]:
+    return {item.key: _value(item.value) for item in items}
+
+
+@dataclass
+class OtlpSink:
+    """An OTLP/HTTP trace receiver that decodes the protobuf and keeps the spans.
+
+    ``mode`` is what it does with a request: ``ok``, ``refuse`` (HTTP 503) or
+    ``slow`` (waits ``delay`` seconds, then accepts).
+    """
+
+    port: int = field(default_factory=free_port)
+    mode: str = "ok"
+    delay: float = 2.0
+    spans: list[ReceivedSpan] = field(default_factory=list)
+    requests: int = 0
+    _server: ThreadingHTTPServer | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> OtlpSink:
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                return None
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                with sink._lock:
+                    sink.requests += 1
+                if sink.mode == "refuse":
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                if sink.mode == "slow":
+                    time.sleep(sink.delay)
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                sink._store(request)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.end_headers()
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def _store(self, request: ExportTraceServiceRequest) -> None:
+        received = []
+        for resource_spans in request.resource_spans:
+            resource = _attributes(resource_spans.resource.attributes)
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    received.append(
+                        ReceivedSpan(
+                            trace_id=span.trace_id.hex(),
+                            span_id=span.span_id.hex(),
+                            parent_span_id=span.parent_span_id.hex(),
+                            name=span.name,
+                            kind=span.kind,
+                            attributes=_attributes(span.attributes),
+                            resource=resource,
+                            status_code=span.status.code,
+                            events=[event.name for event in span.events],
+                        )
+                    )
+        with self._lock:
+            self.spans.extend(received)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def wait_for(self, predicate: Callable[[list[ReceivedSpan]], bool], timeout: float = 15.0) -> list[ReceivedSpan]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                snapshot = list(self.spans)
+            if predicate(snapshot):
+                return snapshot
+            time.sleep(0.05)
+        with self._lock:
+            snapshot = list(self.spans)
+        raise AssertionError(f"condition not met in {timeout}s; {len(snapshot)} spans received")
+
+
+# --- services ------------------------------------------------------------------
+
+
+def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 10.0) -> tuple[int, bytes, dict[str, str]]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, error.read(), dict(error.headers)
+
+
+def wait_http(url: str, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"process exited with {process.returncode} before {url} answered")
+        try:
+            http_get(url, timeout=2)
+            return
+        except (OSError, urllib.error.URLError) as exc:
+            last = exc
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer within {timeout}s: {last}")
+
+
+@dataclass
+class Service:
+    """A service started as a real process, its HTTP port and its /metrics port."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    metrics_port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
+        return http_get(self.url + path, headers)
+
+    def metrics(self, openmetrics: bool = False) -> str:
+        headers = {"Accept": OPENMETRICS} if openmetrics else {}
+        status, body, _ = http_get(f"http://127.0.0.1:{self.metrics_port}/metrics", headers)
+        assert status == 200, body
+        return body.decode()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def base_env(sink: OtlpSink | None, metrics_port: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MESHLENS_", "PROMETHEUS_"))}
+    env.update(
+        {
+            "PYTHONPATH": str(APPS),
+            "PYTHONUNBUFFERED": "1",
+            "MESHLENS_METRICS_PORT": str(metrics_port),
+            "MESHLENS_METRICS_HOST": "127.0.0.1",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+            "OTEL_TRACES_EXPORTER": "otlp" if sink else "none",
+        }
+    )
+    if sink is not None:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.endpoint
+    env.update(extra)
+    return env
+
+
+def bin_path(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def start_service(
+    argv: list[str],
+    port: int,
+    env: dict[str, str],
+    log_path: Path,
+    ready_path: str = "/health",
+    metrics_port: int | None = None,
+    timeout: float = 40.0,
+) -> Service:
+    log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
+    process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=APPS,
+                               start_new_session=True)
+    service = Service(process, port, metrics_port or int(env["MESHLENS_METRICS_PORT"]), log_path)
+    try:
+        wait_http(service.url + ready_path, timeout, process)
+    except AssertionError:
+        service.stop(signal.SIGKILL)
+        raise AssertionError(f"service did not start; log:\n{service.log()}") from None
+    return service
+
+
+@contextlib.contextmanager
+def running(*args: Any, **kwargs: Any) -> Iterator[Service]:
+    service = start_service(*args, **kwargs)
+    try:
+        yield service
+    finally:
+        if service.process.poll() is None:
+            service.stop()
+        # Whatever a server forked in its own session goes with it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(service.process.pid, signal.SIGKILL)
+
+
+# --- metrics -------------------------------------------------------------------
+
+
+def families(text: str, openmetrics: bool = False) -> dict[str, Any]:
+    parse = parse_openmetrics if openmetrics else parse_text
+    return {family.name: family for family in parse(text)}
+
+
+def sample_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples called ``name`` whose labels include ``labels``."""
+    total = 0.0
+    found = False
+    for family in parse_text(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+                found = True
+    if not found:
+        raise AssertionError(f"no sample {name}{labels}")
+    return total
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")

@@ -1,0 +1,176 @@
+"""Flask, FastAPI and Django services with only the import line, over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import re
+import signal
+
+import pytest
+from harness import (
+    OtlpSink,
+    base_env,
+    bin_path,
+    families,
+    free_port,
+    running,
+    sample_value,
+)
+
+pytestmark = pytest.mark.slow
+
+SERVER_KIND = 2  # OTLP SpanKind SERVER
+CLIENT_KIND = 3
+PARENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_SPAN = "00f067aa0ba902b7"
+
+
+def _flask(port: int) -> list[str]:
+    return [bin_path("gunicorn"), "-w", "1", "-b", f"127.0.0.1:{port}", "flask_app:app"]
+
+
+def _fastapi(port: int) -> list[str]:
+    return [bin_path("uvicorn"), "--host", "127.0.0.1", "--port", str(port), "fastapi_app:app"]
+
+
+def _django(port: int) -> list[str]:
+    return [bin_path("gunicorn"), "-w", "1", "-b", f"127.0.0.1:{port}", "django_app:application"]
+
+
+FLAVOURS = {
+    "flask": (_flask, "/items/<int:item_id>"),
+    "fastapi": (_fastapi, "/items/{item_id}"),
+    "django": (_django, "items/<int:item_id>"),
+}
+
+
+@pytest.fixture
+def sink():
+    sink = OtlpSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_request_becomes_span_metric_exemplar_and_log(flavour, sink, tmp_path):
+    argv, route = FLAVOURS[flavour]
+    port, metrics_port = free_port(), free_port()
+    env = base_env(sink, metrics_port, OTEL_SERVICE_NAME=f"svc-{flavour}",
+                   K8S_POD_NAME="pod-7", POD_NAMESPACE="shop", NODE_NAME="node-a")
+    with running(argv(port), port, env, tmp_path / "service.log") as service:
+        traceparent = f"00-{PARENT_TRACE}-{PARENT_SPAN}-01"
+        status, body, _ = service.get("/items/42", {"traceparent": traceparent})
+        assert status == 200, body
+        for item in range(5):
+            assert service.get(f"/items/{item}")[0] == 200
+
+        spans = sink.wait_for(lambda s: sum(x.kind == SERVER_KIND and "42" in str(x.attributes) for x in s) >= 1
+                              and sum(x.kind == SERVER_KIND for x in s) >= 6)
+        server_spans = [s for s in spans if s.kind == SERVER_KIND and s.attributes.get("http.route") == route]
+        assert len(server_spans) == 6
+        continued = [s for s in server_spans if s.trace_id == PARENT_TRACE]
+        assert len(continued) == 1, "the incoming traceparent must be continued"
+        assert continued[0].parent_span_id == PARENT_SPAN
+        resource = continued[0].resource
+        assert resource["service.name"] == f"svc-{flavour}"
+        assert resource["k8s.pod.name"] == "pod-7"
+        assert resource["k8s.namespace.name"] == "shop"
+        assert resource["k8s.node.name"] == "node-a"
+        assert continued[0].attributes["http.request.method"] == "GET"
+        assert continued[0].attributes["http.response.status_code"] == 200
+
+        text = service.metrics()
+        labels = {"http_request_method": "GET", "http_route": route, "http_response_status_code": "200"}
+        assert sample_value(text, "http_server_request_duration_seconds_count", **labels) == 6
+        assert sample_value(text, "process_memory_usage_bytes") > 10_000_000
+        assert sample_value(text, "meshlens_spans_dropped_total", reason="queue_full") == 0
+
+        # OpenMetrics carries exemplars, each a trace that reached the collector.
+        openmetrics = service.metrics(openmetrics=True)
+        histogram = families(openmetrics, openmetrics=True)["http_server_request_duration_seconds"]
+        exemplars = [s.exemplar for s in histogram.samples if s.exemplar is not None]
+        assert exemplars, "latency buckets carry exemplars"
+        known = {s.trace_id for s in sink.spans}
+        assert all(e.labels["trace_id"] in known for e in exemplars)
+
+        log = service.log()
+        assert re.search(rf"trace_id={PARENT_TRACE} span_id={continued[0].span_id}.*fetched item 42", log), log
+
+
+@pytest.mark.parametrize("flavour", ["flask", "fastapi"])
+def test_outgoing_call_carries_the_trace(flavour, sink, tmp_path):
+    argv, _ = FLAVOURS[flavour]
+    downstream_port, upstream_port = free_port(), free_port()
+    env_down = base_env(sink, free_port(), OTEL_SERVICE_NAME="downstream")
+    env_up = base_env(sink, free_port(), OTEL_SERVICE_NAME="upstream")
+    with running(_flask(downstream_port), downstream_port, env_down, tmp_path / "down.log"), \
+            running(argv(upstream_port), upstream_port, env_up, tmp_path / "up.log") as upstream:
+        target = f"http://127.0.0.1:{downstream_port}/items/7"
+        status, body, _ = upstream.get(f"/call?url={target}")
+        assert status == 200, body
+        def routed(spans, service, route):
+            return [x for x in spans if x.kind == SERVER_KIND and x.resource["service.name"] == service
+                    and x.attributes.get("http.route") == route]
+
+        spans = sink.wait_for(lambda s: routed(s, "upstream", "/call") and routed(s, "downstream", "/items/<int:item_id>")
+                              and any(x.kind == CLIENT_KIND for x in s))
+        up = routed(spans, "upstream", "/call")[0]
+        down = routed(spans, "downstream", "/items/<int:item_id>")[0]
+        client = next(s for s in spans if s.kind == CLIENT_KIND and s.trace_id == up.trace_id)
+        assert down.trace_id == up.trace_id
+        assert client.parent_span_id == up.span_id
+        assert down.parent_span_id == client.span_id
+        metrics = upstream.metrics()
+        assert sample_value(metrics, "http_client_request_duration_seconds_count",
+                            server_address="127.0.0.1", http_response_status_code="200") == 1
+
+
+def test_uvicorn_sigterm_flushes_every_buffered_span(sink, tmp_path):
+    """uvicorn re-raises SIGTERM after its graceful stop and skips exit handlers;
+    meshlens still delivers what was buffered."""
+    port = free_port()
+    # A long schedule delay: nothing is exported before the stop.
+    env = base_env(sink, free_port(), OTEL_BSP_SCHEDULE_DELAY="600000")
+    with running(_fastapi(port), port, env, tmp_path / "service.log") as service:
+        for item in range(25):
+            assert service.get(f"/items/{item}")[0] == 200
+        assert not [s for s in sink.spans if s.kind == SERVER_KIND and "/items" in str(s.attributes)]
+        returncode = service.stop(signal.SIGTERM)
+    assert returncode in (0, -signal.SIGTERM), service.log()
+    spans = sink.wait_for(lambda s: len([x for x in s if x.kind == SERVER_KIND]) >= 26, timeout=5)
+    assert len([s for s in spans if s.attributes.get("http.route") == "/items/{item_id}"]) == 25
+
+
+def test_gunicorn_sigterm_flushes_every_buffered_span(sink, tmp_path):
+    port = free_port()
+    env = base_env(sink, free_port(), OTEL_BSP_SCHEDULE_DELAY="600000")
+    with running(_flask(port), port, env, tmp_path / "service.log") as service:
+        for item in range(25):
+            assert service.get(f"/items/{item}")[0] == 200
+        service.stop(signal.SIGTERM)
+    spans = sink.wait_for(lambda s: len([x for x in s if x.kind == SERVER_KIND]) >= 26, timeout=5)
+    assert len([s for s in spans if s.attributes.get("http.route") == "/items/<int:item_id>"]) == 25
+
+
+def test_errors_are_counted_and_marked(sink, tmp_path):
+    port = free_port()
+    with running(_flask(port), port, base_env(sink, free_port()), tmp_path / "service.log") as service:
+        assert service.get("/fail")[0] == 500
+        spans = sink.wait_for(lambda s: any(x.attributes.get("http.route") == "/fail" for x in s))
+        failed = next(s for s in spans if s.attributes.get("http.route") == "/fail")
+        assert failed.status_code == 2  # STATUS_CODE_ERROR
+        assert "exception" in failed.events
+        assert sample_value(service.metrics(), "http_server_request_duration_seconds_count",
+                            http_route="/fail", http_response_status_code="500") == 1
+
+
+def test_event_loop_lag_is_measured(sink, tmp_path):
+    port = free_port()
+    with running(_fastapi(port), port, base_env(sink, free_port()), tmp_path / "service.log") as service:
+        assert service.get("/items/1")[0] == 200  # the first request starts the probe on the loop
+        assert service.get("/block/600")[0] == 200
+        text = service.metrics()
+        assert sample_value(text, "python_asyncio_event_loop_lag_seconds_count") >= 1
+        # The 600 ms block delayed a probe by at least 250 ms.
+        slow = sample_value(text, "python_asyncio_event_loop_lag_seconds_count") - sample_value(
+            text, "python_asyncio_event_loop_lag_seconds_bucket", le="0.25")
+        assert slow >= 1
