@@ -158,7 +158,9 @@ class OtlpSink:
 # --- services ------------------------------------------------------------------
 
 
-def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 10.0) -> tuple[int, bytes, dict[str, str]]:
+def http_get(
+    url: str, headers: dict[str, str] | None = None, timeout: float = 10.0
+) -> tuple[int, bytes, dict[str, str]]:
     request = urllib.request.Request(url, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:

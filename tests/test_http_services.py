@@ -111,8 +111,9 @@ def test_outgoing_call_carries_the_trace(flavour, sink, tmp_path):
             return [x for x in spans if x.kind == SERVER_KIND and x.resource["service.name"] == service
                     and x.attributes.get("http.route") == route]
 
-        spans = sink.wait_for(lambda s: routed(s, "upstream", "/call") and routed(s, "downstream", "/items/<int:item_id>")
-                              and any(x.kind == CLIENT_KIND for x in s))
+        spans = sink.wait_for(
+            lambda s: routed(s, "upstream", "/call") and routed(s, "downstream", "/items/<int:item_id>")
+            and any(x.kind == CLIENT_KIND for x in s))
         up = routed(spans, "upstream", "/call")[0]
         down = routed(spans, "downstream", "/items/<int:item_id>")[0]
         client = next(s for s in spans if s.kind == CLIENT_KIND and s.trace_id == up.trace_id)
