@@ -58,7 +58,6 @@ EXPORTER_LOGGERS = (
     "opentelemetry.exporter.otlp.proto.http.trace_exporter",
     "opentelemetry.exporter.otlp.proto.grpc.exporter",
     "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
-    "opentelemetry.sdk._shared_internal",
 )
 
 
@@ -176,20 +175,23 @@ def build_exporter(settings: Settings) -> SpanExporter | None:
     return OTLPSpanExporter(endpoint=endpoint, headers=headers, timeout=timeout, compression=compression_)
 
 
-class _LastReason(logging.Filter):
-    """Keeps the last message of the exporter loggers for meshlens's own warning, and
-    silences them: meshlens reports an outage once, not once per batch."""
+class _FirstReason(logging.Filter):
+    """Keeps the first message the exporter loggers write during an export, for
+    meshlens's own warning (the first says why: "connection refused"; later ones
+    only say that retries ran out), and silences them: meshlens reports an outage
+    once, not once per batch."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.last: str = ""
+        self.first: str = ""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.WARNING:
-            try:
-                self.last = record.getMessage()
-            except Exception:
-                self.last = str(record.msg)
+            if not self.first:
+                try:
+                    self.first = record.getMessage()
+                except Exception:
+                    self.first = str(record.msg)
             return False
         return True
 
@@ -203,17 +205,18 @@ class ObservedExporter(SpanExporter):
         self._exported = instruments[catalogue.MESHLENS_SPANS_EXPORTED].labels()
         self._dropped = instruments[catalogue.MESHLENS_SPANS_DROPPED].labels("export_failed")
         self._failures = instruments[catalogue.MESHLENS_EXPORT_FAILURES].labels("traces")
-        self._reason = _LastReason()
+        self._reason = _FirstReason()
         for name in EXPORTER_LOGGERS:
             logging.getLogger(name).addFilter(self._reason)
         self._outage_started: float | None = None
         self._outage_dropped = 0
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self._reason.first = ""
         try:
             result = self._delegate.export(spans)
         except Exception as exc:  # an exporter bug must not kill the export thread
-            self._reason.last = f"{type(exc).__name__}: {exc}"
+            self._reason.first = f"{type(exc).__name__}: {exc}"
             result = SpanExportResult.FAILURE
         if result is SpanExportResult.SUCCESS:
             self._exported.inc(len(spans))
@@ -233,7 +236,7 @@ class ObservedExporter(SpanExporter):
                 "meshlens: cannot export spans to %s (%s); requests are not affected, undelivered "
                 "spans are dropped and counted in meshlens_spans_dropped_total. "
                 "This is logged once per outage.",
-                self._endpoint, self._reason.last or "export failed",
+                self._endpoint, self._reason.first or "export failed",
             )  # fmt: skip
         self._outage_dropped += len(spans)
         return result
@@ -267,7 +270,10 @@ class CountedBatchSpanProcessor(BatchSpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         queue = self._queue
         if queue is not None and span.context.trace_flags.sampled and len(queue) >= self._capacity:
+            # Full: drop this span here, counted, rather than let the SDK drop the oldest
+            # one and log a warning from the request's thread for every span.
             self._queue_full.inc()
+            return
         super().on_end(span)
 
     def queued(self) -> int:

@@ -1,0 +1,21 @@
+"""A Flask service with no meshlens line at all: for `meshlens-run` and `opentelemetry-instrument`."""
+
+import os
+
+from flask import Flask
+
+app = Flask(__name__)
+
+
+@app.route("/health")
+def health():
+    return "ok"
+
+
+@app.route("/items/<int:item_id>")
+def item(item_id: int):
+    return {"id": item_id}
+
+
+if __name__ == "__main__":
+    app.run(host="127.0.0.1", port=int(os.environ["APP_PORT"]), threaded=True)
