@@ -6,6 +6,7 @@ import re
 import signal
 
 import pytest
+
 from harness import (
     OtlpSink,
     base_env,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import prometheus_client
-from meshlens import catalogue
-from meshlens.instruments import Instruments
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+from meshlens import catalogue
+from meshlens.instruments import Instruments
 
 SERVER = catalogue.HTTP_SERVER_REQUEST_DURATION
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+
 from meshlens.settings import DEFAULT_METRICS_PORT, Settings, load_settings, settings_table
 
 

@@ -52,6 +52,8 @@ class MetricSpec:
     buckets: tuple[float, ...] = ()
     semconv: str | None = None
     """The OpenTelemetry instrument this translates, when it follows the semantic conventions."""
+    deviation: str = ""
+    """Why the name is not the plain translation of ``semconv``, when it is not."""
     origin: Origin = Origin.MESHLENS
     multiprocess_mode: str = "livesum"
     """For gauges in pre-fork servers: how the live workers' values combine (a prometheus-client
@@ -235,19 +237,24 @@ PROCESS_MEMORY_VIRTUAL = MetricSpec(
     help="Virtual memory of the service's processes (summed over pre-fork workers).",
     semconv="process.memory.virtual",
 )
+# Prometheus reserves the `_count` suffix for histograms and summaries (promtool
+# rejects a gauge named so), hence these two names instead of the plain translation.
+_COUNT_SUFFIX = "Prometheus reserves `_count` for histograms and summaries (promtool check metrics)."
 PROCESS_THREAD_COUNT = MetricSpec(
-    name="process_thread_count",
+    name="process_threads",
     kind=Kind.GAUGE,
     unit="{thread}",
     help="Threads of the service's processes (summed over pre-fork workers).",
     semconv="process.thread.count",
+    deviation=_COUNT_SUFFIX,
 )
 PROCESS_OPEN_FILE_DESCRIPTOR_COUNT = MetricSpec(
-    name="process_open_file_descriptor_count",
+    name="process_open_file_descriptors",
     kind=Kind.GAUGE,
     unit="{file_descriptor}",
     help="Open file descriptors of the service's processes (summed over pre-fork workers).",
     semconv="process.open_file_descriptor.count",
+    deviation=_COUNT_SUFFIX,
 )
 CPYTHON_GC_COLLECTIONS = MetricSpec(
     name="cpython_gc_collections_total",
