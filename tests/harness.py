@@ -77,6 +77,7 @@ class OtlpSink:
     delay: float = 2.0
     spans: list[ReceivedSpan] = field(default_factory=list)
     requests: int = 0
+    headers: list[dict[str, str]] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -97,6 +98,7 @@ class OtlpSink:
                     body = gzip.decompress(body)
                 with sink._lock:
                     sink.requests += 1
+                    sink.headers.append({k.lower(): v for k, v in self.headers.items()})
                 if sink.mode == "refuse":
                     self.send_response(503)
                     self.end_headers()
@@ -153,6 +155,35 @@ class OtlpSink:
         with self._lock:
             snapshot = list(self.spans)
         raise AssertionError(f"condition not met in {timeout}s; {len(snapshot)} spans received")
+
+
+class OtlpGrpcSink(OtlpSink):
+    """The same receiver over OTLP/gRPC."""
+
+    def start(self) -> OtlpGrpcSink:
+        from concurrent import futures
+
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+        sink = self
+
+        class Servicer(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request, context):
+                with sink._lock:
+                    sink.requests += 1
+                    sink.headers.append(dict(context.invocation_metadata()))
+                sink._store(request)
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self._grpc)
+        self._grpc.add_insecure_port(f"127.0.0.1:{self.port}")
+        self._grpc.start()
+        return self
+
+    def stop(self) -> None:
+        self._grpc.stop(grace=None)
 
 
 # --- services ------------------------------------------------------------------

@@ -11,12 +11,13 @@ so that each one links to a trace that exists.
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from meshlens import catalogue
 from meshlens.instruments import Instruments
@@ -28,6 +29,7 @@ _ROUTE = ("http.route",)
 _STATUS = ("http.response.status_code", "http.status_code")
 _SCHEME = ("url.scheme", "http.scheme")
 _SERVER_ADDRESS = ("server.address", "net.peer.name", "http.host")
+_URL = ("url.full", "http.url")
 _DB_SYSTEM = ("db.system.name", "db.system")
 _DB_NAMESPACE = ("db.namespace", "db.name", "db.redis.database_index")
 _DB_OPERATION = ("db.operation.name", "db.operation")
@@ -35,6 +37,21 @@ _RPC_SYSTEM = ("rpc.system",)
 _RPC_SERVICE = ("rpc.service",)
 _RPC_METHOD = ("rpc.method",)
 _RPC_STATUS = ("rpc.grpc.status_code",)
+_REDIS_PIPELINE = "db.redis.pipeline_length"
+
+# Systems whose operation names are case-insensitive keywords: "select" and "SELECT"
+# are one operation, and one label value.
+_UPPERCASE_OPERATIONS = frozenset((
+    "postgresql", "mysql", "mariadb", "sqlite", "mssql", "microsoft.sql_server", "oracle", "oracle.db",
+    "db2", "ibm.db2", "cockroachdb", "trino", "clickhouse", "redis", "valkey",
+))  # fmt: skip
+
+# SQLAlchemy's span for a statement and the driver's span for the same statement
+# (psycopg, asyncpg, ...) are siblings, the driver's running inside SQLAlchemy's. The
+# metric counts the statement once: at the SQLAlchemy span, the one the application made.
+_SQLALCHEMY = "opentelemetry.instrumentation.sqlalchemy"
+_SQLALCHEMY_CONNECT = "connect"  # Engine.connect(): a pool checkout, not a database operation
+_enclosing_statement: contextvars.ContextVar[int] = contextvars.ContextVar("meshlens_sqlalchemy_statement", default=0)
 
 # Methods kept as label values; anything else is "_OTHER", as the conventions say,
 # so a client sending made-up methods cannot grow the label set.
@@ -64,13 +81,55 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _db_operation(span: ReadableSpan, attributes: Mapping[str, Any]) -> str:
+def _db_operation(span: ReadableSpan, attributes: Mapping[str, Any], system: str, namespace: str) -> str:
     operation = _first(attributes, _DB_OPERATION)
-    if operation is None:
+    if operation is not None:
+        operation = str(operation)
+        # SQLAlchemy appends the database name ("SELECT shop"), which is db.namespace.
+        if namespace and operation.endswith(namespace) and operation[-len(namespace) - 1 : -len(namespace)] == " ":
+            operation = operation[: -len(namespace) - 1]
+    elif _REDIS_PIPELINE in attributes:
+        # The span is named after every command in the pipeline ("SET GET INCR"); the
+        # conventions name the operation PIPELINE.
+        operation = "PIPELINE"
+    else:
         # Instrumentations without the attribute name the span after the command
         # or the statement's first keyword ("SELECT", "GET").
         operation = span.name.split(" ", 1)[0]
-    return str(operation)[:_MAX_OPERATION_LENGTH]
+    if system in _UPPERCASE_OPERATIONS:
+        operation = operation.upper()
+    return operation[:_MAX_OPERATION_LENGTH]
+
+
+def _url_host(url: Any) -> str:
+    """The host of an absolute URL, as server.address gives it (no port, no brackets)."""
+    if not isinstance(url, str):
+        return ""
+    start = url.find("://")
+    if start < 0:
+        return ""
+    start += 3
+    end = len(url)
+    for separator in "/?#":
+        index = url.find(separator, start, end)
+        if index >= 0:
+            end = index
+    at = url.rfind("@", start, end)
+    if at >= 0:
+        start = at + 1
+    if url.startswith("[", start):
+        close = url.find("]", start, end)
+        return url[start + 1 : close] if close > 0 else url[start:end]
+    colon = url.find(":", start, end)
+    return url[start : colon if colon >= 0 else end]
+
+
+def _server_address(attributes: Mapping[str, Any]) -> str:
+    address = _first(attributes, _SERVER_ADDRESS)
+    if address is not None:
+        return str(address)
+    # urllib and urllib3 give only the URL.
+    return _url_host(_first(attributes, _URL))
 
 
 class RedMetricsProcessor(SpanProcessor):
@@ -88,8 +147,18 @@ class RedMetricsProcessor(SpanProcessor):
         self._rpc_server = instruments[catalogue.RPC_SERVER_DURATION]
         self._rpc_client = instruments[catalogue.RPC_CLIENT_DURATION]
         self._on_server_start = on_server_start
+        self._sqlalchemy_statements: set[int] = set()
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        if span.kind is SpanKind.CLIENT:
+            scope = span.instrumentation_scope
+            if scope is not None and scope.name == _SQLALCHEMY and span.name != _SQLALCHEMY_CONNECT:
+                # Until this span ends, database spans started in this context are the
+                # driver running SQLAlchemy's statement.
+                span_id = span.context.span_id
+                self._sqlalchemy_statements.add(span_id)
+                _enclosing_statement.set(span_id)
+            return
         if span.kind is not SpanKind.SERVER:
             return
         if self._on_server_start is not None:
@@ -113,34 +182,42 @@ class RedMetricsProcessor(SpanProcessor):
             method = _method(attributes)
             if method is not None:
                 self._active.labels(method, _text(_first(attributes, _SCHEME))).dec()
-                labels = (
-                    method,
-                    _text(_first(attributes, _ROUTE)),
-                    _text(_first(attributes, _STATUS)),
-                )
+                status = _first(attributes, _STATUS)
+                if status is None and span.status.status_code is StatusCode.ERROR:
+                    # The handler raised and the framework answered 500; aiohttp's
+                    # instrumentation then records the exception but no status code.
+                    status = 500
+                labels = (method, _text(_first(attributes, _ROUTE)), _text(status))
                 self._server_duration.observe(labels, duration, trace_id, span_id)
             elif _first(attributes, _RPC_SYSTEM) is not None:
                 self._rpc_server.observe(self._rpc_labels(attributes), duration, trace_id, span_id)
         elif kind is SpanKind.CLIENT:
+            if self._sqlalchemy_statements:
+                self._sqlalchemy_statements.discard(context.span_id)
             system = _first(attributes, _DB_SYSTEM)
             if system is not None:
-                labels = (
-                    str(system),
-                    _text(_first(attributes, _DB_NAMESPACE)),
-                    _db_operation(span, attributes),
-                )
+                if self._counted_elsewhere(span):
+                    return
+                system = str(system)
+                namespace = _text(_first(attributes, _DB_NAMESPACE))
+                labels = (system, namespace, _db_operation(span, attributes, system, namespace))
                 self._db_duration.observe(labels, duration, trace_id, span_id)
                 return
             method = _method(attributes)
             if method is not None:
-                labels = (
-                    method,
-                    _text(_first(attributes, _SERVER_ADDRESS)),
-                    _text(_first(attributes, _STATUS)),
-                )
+                labels = (method, _server_address(attributes), _text(_first(attributes, _STATUS)))
                 self._client_duration.observe(labels, duration, trace_id, span_id)
             elif _first(attributes, _RPC_SYSTEM) is not None:
                 self._rpc_client.observe(self._rpc_labels(attributes), duration, trace_id, span_id)
+
+    def _counted_elsewhere(self, span: ReadableSpan) -> bool:
+        """A database span that is not an operation of its own: SQLAlchemy's
+        ``connect`` (a pool checkout) or the driver's span for a statement that
+        SQLAlchemy runs (counted at SQLAlchemy's span)."""
+        scope = span.instrumentation_scope
+        if scope is not None and scope.name == _SQLALCHEMY:
+            return span.name == _SQLALCHEMY_CONNECT
+        return bool(self._sqlalchemy_statements) and _enclosing_statement.get() in self._sqlalchemy_statements
 
     @staticmethod
     def _rpc_labels(attributes: Mapping[str, Any]) -> tuple[str, str, str, str]:

@@ -109,7 +109,9 @@ class RecordUnsampled(Sampler):
             parent_context, trace_id, name, kind, attributes, links, trace_state
         )
         if result.decision is Decision.DROP:
-            return SamplingResult(Decision.RECORD_ONLY, None, result.trace_state)
+            # The SDK gives a span the attributes of its sampling result, not the ones it
+            # was started with: a DROP result carries none, so pass the originals on.
+            return SamplingResult(Decision.RECORD_ONLY, attributes, result.trace_state)
         return result
 
     def get_description(self) -> str:
@@ -158,9 +160,9 @@ def build_exporter(settings: Settings) -> SpanExporter | None:
                 traces_endpoint(settings.replace(otlp_protocol="http/protobuf")),
             )
             return build_exporter(settings.replace(otlp_protocol="http/protobuf"))
-        from opentelemetry.exporter.otlp.proto.grpc import Compression as GrpcCompression
+        from grpc import Compression as GrpcCompression
 
-        compression = GrpcCompression.Gzip if settings.otlp_compression == "gzip" else None
+        compression = GrpcCompression.Gzip if settings.otlp_compression == "gzip" else GrpcCompression.NoCompression
         return GrpcSpanExporter(
             endpoint=endpoint,
             insecure=endpoint.startswith("http://"),

@@ -1,0 +1,142 @@
+"""Sampler, resource, endpoints and the export accounting, with the SDK's in-memory exporter."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from meshlens import catalogue
+from meshlens.instruments import Instruments
+from meshlens.red import RedMetricsProcessor
+from meshlens.settings import load_settings
+from meshlens.tracing import ObservedExporter, build_resource, build_sampler, traces_endpoint
+
+
+def _provider(settings_env: dict[str, str]):
+    settings = load_settings(settings_env)
+    instruments = Instruments(settings.metric_label_set_limit)
+    provider = TracerProvider(sampler=build_sampler(settings), resource=build_resource(settings, {}))
+    provider.add_span_processor(RedMetricsProcessor(instruments))
+    exported = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    return provider, instruments, exported
+
+
+def _server_span(tracer, route: str) -> None:
+    attributes = {"http.request.method": "GET", "url.scheme": "http"}
+    with tracer.start_as_current_span("GET " + route, kind=SpanKind.SERVER, attributes=attributes) as span:
+        span.set_attribute("http.route", route)
+        span.set_attribute("http.response.status_code", 200)
+
+
+def _count(instruments: Instruments, spec, *labels: str) -> float:
+    metric = instruments[spec]
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_count") and tuple(sample.labels.get(n) for n in spec.labels) == labels:
+                return sample.value
+    return 0.0
+
+
+def test_unsampled_requests_still_count_in_metrics_but_are_not_exported():
+    provider, instruments, exported = _provider({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"})
+    tracer = provider.get_tracer("test")
+    for _ in range(1000):
+        _server_span(tracer, "/items/{id}")
+    assert _count(instruments, catalogue.HTTP_SERVER_REQUEST_DURATION, "GET", "/items/{id}", "200") == 1000
+    assert 50 < len(exported.get_finished_spans()) < 170  # about 10%
+
+
+def test_always_off_exports_nothing_and_counts_everything():
+    provider, instruments, exported = _provider({"OTEL_TRACES_SAMPLER": "always_off"})
+    tracer = provider.get_tracer("test")
+    for _ in range(10):
+        _server_span(tracer, "/a")
+    assert exported.get_finished_spans() == ()
+    assert _count(instruments, catalogue.HTTP_SERVER_REQUEST_DURATION, "GET", "/a", "200") == 10
+
+
+def test_in_flight_gauge_returns_to_zero():
+    provider, instruments, _ = _provider({})
+    tracer = provider.get_tracer("test")
+    active = instruments[catalogue.HTTP_SERVER_ACTIVE_REQUESTS]
+    with tracer.start_as_current_span("GET /", kind=SpanKind.SERVER,
+                                      attributes={"http.request.method": "GET", "url.scheme": "http"}):
+        assert active.labels("GET", "http")._value.get() == 1
+    assert active.labels("GET", "http")._value.get() == 0
+
+
+def test_made_up_methods_do_not_grow_the_label_set():
+    provider, instruments, _ = _provider({})
+    tracer = provider.get_tracer("test")
+    for method in ("FOO", "BAR", "get", "GET"):
+        with tracer.start_as_current_span("x", kind=SpanKind.SERVER, attributes={"http.request.method": method}):
+            pass
+    assert instruments[catalogue.HTTP_SERVER_REQUEST_DURATION].series_count() == 2  # _OTHER and GET
+
+
+@pytest.mark.parametrize(
+    ("env", "endpoint"),
+    [
+        ({}, "http://localhost:4318/v1/traces"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/"}, "http://collector:4318/v1/traces"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:9/custom"}, "http://c:9/custom"),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "http://localhost:4317"),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"}, "http://c:4317"),
+    ],
+)
+def test_endpoint_rules_of_the_specification(env, endpoint):
+    assert traces_endpoint(load_settings(env)) == endpoint
+
+
+def test_resource_from_settings_and_downward_api():
+    settings = load_settings({"OTEL_RESOURCE_ATTRIBUTES": "service.name=from-attrs,team=a"})
+    resource = build_resource(settings, {"POD_NAME": "p", "POD_NAMESPACE": "ns", "K8S_NODE_NAME": "n"})
+    attributes = dict(resource.attributes)
+    assert attributes["service.name"] == "from-attrs"
+    assert attributes["k8s.pod.name"] == "p" and attributes["k8s.namespace.name"] == "ns"
+    assert attributes["k8s.node.name"] == "n"
+    assert attributes["telemetry.distro.name"] == "meshlens"
+    named = build_resource(load_settings({"OTEL_SERVICE_NAME": "orders",
+                                          "OTEL_RESOURCE_ATTRIBUTES": "service.name=x"}), {})
+    assert named.attributes["service.name"] == "orders"
+    assert build_resource(load_settings({}), {}).attributes["service.name"].startswith("unknown_service:")
+
+
+class _Flaky(SpanExporter):
+    def __init__(self) -> None:
+        self.fail = True
+
+    def export(self, spans):
+        if self.fail:
+            logging.getLogger("opentelemetry.exporter.otlp.proto.http.trace_exporter").warning("connection refused")
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self):
+        return None
+
+
+def test_an_outage_is_logged_once_and_its_drops_counted(caplog):
+    instruments = Instruments(100)
+    flaky = _Flaky()
+    exporter = ObservedExporter(flaky, instruments, "http://collector:4318/v1/traces")
+    spans = [object()] * 5
+    with caplog.at_level(logging.INFO):
+        for _ in range(20):
+            exporter.export(spans)  # type: ignore[arg-type]
+        flaky.fail = False
+        exporter.export(spans)  # type: ignore[arg-type]
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("cannot export spans" in m for m in messages) == 1
+    assert any("connection refused" in m for m in messages if "cannot export" in m)
+    assert sum("recovered after" in m and "100 spans were dropped" in m for m in messages) == 1
+    assert not any(m == "connection refused" for m in messages)  # the exporter's own line is silenced
+    dropped = instruments[catalogue.MESHLENS_SPANS_DROPPED].labels("export_failed")._value.get()
+    assert dropped == 100
+    assert instruments[catalogue.MESHLENS_SPANS_EXPORTED].labels()._value.get() == 5
