@@ -6,27 +6,28 @@ Everything here talks over real sockets on 127.0.0.1; nothing is mocked.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+from demo.otlp_sink import OtlpSink, decode
+
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
 APPS = Path(__file__).resolve().parent / "apps"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
@@ -37,125 +38,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-# --- OTLP receiver -------------------------------------------------------------
-
-
-@dataclass
-class ReceivedSpan:
-    trace_id: str
-    span_id: str
-    parent_span_id: str
-    name: str
-    kind: int
-    attributes: dict[str, Any]
-    resource: dict[str, Any]
-    status_code: int
-    events: list[str]
-
-
-def _value(any_value: Any) -> Any:
-    kind = any_value.WhichOneof("value")
-    if kind == "array_value":
-        return [_value(v) for v in any_value.array_value.values]
-    return getattr(any_value, kind) if kind else None
-
-
-def _attributes(items: Any) -> dict[str, Any]:
-    return {item.key: _value(item.value) for item in items}
-
-
-@dataclass
-class OtlpSink:
-    """An OTLP/HTTP trace receiver that decodes the protobuf and keeps the spans.
-
-    ``mode`` is what it does with a request: ``ok``, ``refuse`` (HTTP 503) or
-    ``slow`` (waits ``delay`` seconds, then accepts).
-    """
-
-    port: int = field(default_factory=free_port)
-    mode: str = "ok"
-    delay: float = 2.0
-    spans: list[ReceivedSpan] = field(default_factory=list)
-    requests: int = 0
-    headers: list[dict[str, str]] = field(default_factory=list)
-    _server: ThreadingHTTPServer | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> OtlpSink:
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                return None
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                with sink._lock:
-                    sink.requests += 1
-                    sink.headers.append({k.lower(): v for k, v in self.headers.items()})
-                if sink.mode == "refuse":
-                    self.send_response(503)
-                    self.end_headers()
-                    return
-                if sink.mode == "slow":
-                    time.sleep(sink.delay)
-                request = ExportTraceServiceRequest()
-                request.ParseFromString(body)
-                sink._store(request)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.end_headers()
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def _store(self, request: ExportTraceServiceRequest) -> None:
-        received = []
-        for resource_spans in request.resource_spans:
-            resource = _attributes(resource_spans.resource.attributes)
-            for scope_spans in resource_spans.scope_spans:
-                for span in scope_spans.spans:
-                    received.append(
-                        ReceivedSpan(
-                            trace_id=span.trace_id.hex(),
-                            span_id=span.span_id.hex(),
-                            parent_span_id=span.parent_span_id.hex(),
-                            name=span.name,
-                            kind=span.kind,
-                            attributes=_attributes(span.attributes),
-                            resource=resource,
-                            status_code=span.status.code,
-                            events=[event.name for event in span.events],
-                        )
-                    )
-        with self._lock:
-            self.spans.extend(received)
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    def wait_for(self, predicate: Callable[[list[ReceivedSpan]], bool], timeout: float = 15.0) -> list[ReceivedSpan]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                snapshot = list(self.spans)
-            if predicate(snapshot):
-                return snapshot
-            time.sleep(0.05)
-        with self._lock:
-            snapshot = list(self.spans)
-        raise AssertionError(f"condition not met in {timeout}s; {len(snapshot)} spans received")
-
+# --- OTLP receivers ------------------------------------------------------------
+# The HTTP receiver is the demo's local trace sink: one receiver for both.
 
 class OtlpGrpcSink(OtlpSink):
     """The same receiver over OTLP/gRPC."""
@@ -173,12 +57,12 @@ class OtlpGrpcSink(OtlpSink):
                 with sink._lock:
                     sink.requests += 1
                     sink.headers.append(dict(context.invocation_metadata()))
-                sink._store(request)
+                sink.store(decode(request))
                 return trace_service_pb2.ExportTraceServiceResponse()
 
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self._grpc)
-        self._grpc.add_insecure_port(f"127.0.0.1:{self.port}")
+        self.port = self._grpc.add_insecure_port(f"127.0.0.1:{self.port}")
         self._grpc.start()
         return self
 

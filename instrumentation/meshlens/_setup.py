@@ -179,7 +179,12 @@ def _start(settings: Settings) -> Runtime:
         metrics_server=server,
         runtime_metrics=runtime_metrics,
     )
-    runtime.instrumented = libraries.instrument_installed(tracer_provider, settings.disabled_instrumentations)
+    options: dict[str, dict[str, object]] = {}
+    if not settings.asgi_send_receive_spans:
+        options["fastapi"] = {"exclude_spans": ["receive", "send"]}
+    runtime.instrumented = libraries.instrument_installed(
+        tracer_provider, settings.disabled_instrumentations, options
+    )
     atexit.register(runtime.shutdown)
     _install_sigterm_flush(runtime)
     return runtime

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from opentelemetry.instrumentation.dependencies import get_dist_dependency_conflicts
@@ -56,7 +56,9 @@ def _dist(entry_point: EntryPoint) -> object | None:
 
 
 def instrument_installed(
-    tracer_provider: TracerProvider, disabled: Iterable[str] = ()
+    tracer_provider: TracerProvider,
+    disabled: Iterable[str] = (),
+    options: Mapping[str, Mapping[str, object]] | None = None,
 ) -> list[Outcome]:
     """Instruments each installed library; returns what happened to each candidate."""
     disabled = set(disabled)
@@ -82,7 +84,8 @@ def instrument_installed(
                 if conflict is not None:
                     outcomes.append(Outcome(name, False, str(conflict)))
                     continue
-            kwargs = {"tracer_provider": tracer_provider, "meter_provider": meter_provider}
+            kwargs = {"tracer_provider": tracer_provider, "meter_provider": meter_provider,
+                      **(options or {}).get(name, {})}
             if name in DEFERRED_UNTIL:
                 _defer(name, entry_point, kwargs)
                 outcomes.append(Outcome(name, True, "deferred until {}.{}()".format(*DEFERRED_UNTIL[name])))

@@ -38,6 +38,7 @@ _RPC_SERVICE = ("rpc.service",)
 _RPC_METHOD = ("rpc.method",)
 _RPC_STATUS = ("rpc.grpc.status_code",)
 _REDIS_PIPELINE = "db.redis.pipeline_length"
+_GRPC_OK, _GRPC_UNKNOWN = "0", "2"
 
 # Systems whose operation names are case-insensitive keywords: "select" and "SELECT"
 # are one operation, and one label value.
@@ -99,6 +100,10 @@ def _db_operation(span: ReadableSpan, attributes: Mapping[str, Any], system: str
     if system in _UPPERCASE_OPERATIONS:
         operation = operation.upper()
     return operation[:_MAX_OPERATION_LENGTH]
+
+
+def _raised(span: ReadableSpan) -> bool:
+    return any(event.name == "exception" for event in span.events)
 
 
 def _url_host(url: Any) -> str:
@@ -190,7 +195,13 @@ class RedMetricsProcessor(SpanProcessor):
                 labels = (method, _text(_first(attributes, _ROUTE)), _text(status))
                 self._server_duration.observe(labels, duration, trace_id, span_id)
             elif _first(attributes, _RPC_SYSTEM) is not None:
-                self._rpc_server.observe(self._rpc_labels(attributes), duration, trace_id, span_id)
+                labels = self._rpc_labels(attributes)
+                if labels[3] == _GRPC_OK and span.events and _raised(span):
+                    # grpcio's server instrumentation records an exception that escaped the
+                    # handler, but keeps the OK it set when the call began; the client
+                    # received UNKNOWN.
+                    labels = (*labels[:3], _GRPC_UNKNOWN)
+                self._rpc_server.observe(labels, duration, trace_id, span_id)
         elif kind is SpanKind.CLIENT:
             if self._sqlalchemy_statements:
                 self._sqlalchemy_statements.discard(context.span_id)

@@ -194,6 +194,11 @@ class Settings:
         "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", _csv, (), "Libraries not to instrument, by "
         "entry-point name (`flask,redis`), or `*` for none."
     )  # fmt: skip
+    asgi_send_receive_spans: bool = _setting(
+        "MESHLENS_ASGI_SEND_RECEIVE_SPANS", _parse_bool, False, "Keep the ASGI instrumentation's internal "
+        "`http send`/`http receive` spans (FastAPI): two or more extra spans per request that rarely "
+        "help and cost time."
+    )  # fmt: skip
     metrics_port: int = _setting(
         "MESHLENS_METRICS_PORT", _int_in(0, 65535), DEFAULT_METRICS_PORT, "Port of the `/metrics` "
         "endpoint; `0` turns the endpoint off."
