@@ -194,7 +194,8 @@ def main() -> int:
             print(f"  trace id {sample.trace_id}")
 
             print("\nRED summary read back from /metrics (http_server_request_duration_seconds):")
-            print(f"  {'service':<11} {'route':<26} {'count':>6} {'errors':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+            header = ("service", "route", "count", "errors", "p50 ms", "p95 ms", "p99 ms")
+            print("  {:<11} {:<26} {:>6} {:>8} {:>8} {:>8} {:>8}".format(*header))
             exemplar = None
             for name, port in (("storefront", storefront_metrics), ("inventory", inventory_metrics)):
                 lines, found = red_summary(name, f"http://127.0.0.1:{port}/metrics")
@@ -206,8 +207,9 @@ def main() -> int:
                 with contextlib.suppress(AssertionError):  # the downstream half may still be in flight
                     sink.wait_for(lambda s: any(x.trace_id == trace_id and x.service == "inventory" for x in s), 5)
                 stored = any(s.trace_id == trace_id for s in sink.snapshot())
-                print(f"\nExemplar: the storefront's bucket le={le} holds a {value * 1000:.0f} ms request, trace {trace_id}"
-                      f" ({'found in the trace sink' if stored else 'NOT in the trace sink'}):")
+                where = "found in the trace sink" if stored else "NOT in the trace sink"
+                print(f"\nExemplar: the storefront's bucket le={le} holds a {value * 1000:.0f} ms request, "
+                      f"trace {trace_id} ({where}):")
                 print("\n".join(waterfall(sink.snapshot(), trace_id)))
             log_line = next((line for line in (logs / "inventory.log").read_text().splitlines()
                              if "trace_id=" in line and "stock looked up" in line), "")

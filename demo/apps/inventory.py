@@ -1,8 +1,9 @@
 import logging
 import random
 import time
+from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify
 
 import meshlens.auto  # noqa: F401  (the one line a service adds)
 
@@ -11,7 +12,7 @@ log = logging.getLogger("inventory")
 app = Flask("inventory")
 
 
-def _redis():
+def _redis() -> Any:
     """Redis when one answers on loopback; the demo runs without it too."""
     try:
         import redis
@@ -27,12 +28,12 @@ CACHE = _redis()
 
 
 @app.route("/health")
-def health():
+def health() -> str:
     return "ok"
 
 
 @app.route("/stock/<int:product_id>")
-def stock(product_id: int):
+def stock(product_id: int) -> Response:
     if product_id % 17 == 0:  # a bad product id: the demo's errors
         raise RuntimeError(f"no stock record for product {product_id}")
     time.sleep(random.uniform(0.001, 0.02) if product_id % 10 else 0.3)  # every tenth is slow
