@@ -23,13 +23,13 @@ tools: ## Install Prometheus/promtool and wrk from the system's packages when mi
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus wrk >/dev/null; }
 
 lint: $(STAMP) ## ruff
-	$(VENV)/bin/ruff check instrumentation tests benchmarks
+	$(VENV)/bin/ruff check instrumentation tests benchmarks demo
 
 docs: $(STAMP) ## Regenerate the generated docs (settings and metrics tables)
 	$(PYTHON) -m meshlens.docs --write
 
 test: setup ## Lint, check generated docs, run every test (unit and over the wire)
-	$(VENV)/bin/ruff check instrumentation tests benchmarks
+	$(VENV)/bin/ruff check instrumentation tests benchmarks demo
 	$(PYTHON) -m meshlens.docs --check
 	$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
