@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import time
 
 import pytest
 
@@ -95,6 +96,8 @@ def test_request_becomes_span_metric_exemplar_and_log(flavour, sink, tmp_path):
 
         log = service.log()
         assert re.search(rf"trace_id={PARENT_TRACE} span_id={continued[0].span_id}.*fetched item 42", log), log
+        # Framework-internal spans (ASGI send/receive, FastAPI operation spans) are off by default.
+        assert {s.trace_id for s in spans if s.kind == 1 and s.trace_id == PARENT_TRACE} == set()
 
 
 @pytest.mark.parametrize("flavour", ["flask", "fastapi"])
@@ -176,3 +179,43 @@ def test_event_loop_lag_is_measured(sink, tmp_path):
         slow = sample_value(text, "python_asyncio_event_loop_lag_seconds_count") - sample_value(
             text, "python_asyncio_event_loop_lag_seconds_bucket", le="0.25")
         assert slow >= 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "module"),
+    [
+        (lambda port: [bin_path("gunicorn"), "-w", "1", "-b", f"127.0.0.1:{port}", "plain_wsgi:app"], "wsgi"),
+        (lambda port: [bin_path("uvicorn"), "--host", "127.0.0.1", "--port", str(port), "plain_asgi:app"], "asgi"),
+        (lambda port: [bin_path("gunicorn"), "-w", "1", "-k", "uvicorn.workers.UvicornWorker",
+                       "-b", f"127.0.0.1:{port}", "plain_asgi:app"], "asgi"),
+    ],
+    ids=["wsgi-gunicorn", "asgi-uvicorn", "asgi-gunicorn-uvicorn-worker"],
+)
+def test_a_plain_wsgi_or_asgi_app_is_traced_and_measured(argv, module, sink, tmp_path):
+    port = free_port()
+    with running(argv(port), port, base_env(sink, free_port()), tmp_path / "service.log") as service:
+        for _ in range(3):
+            assert service.get("/anything/7")[0] == 200
+        spans = sink.wait_for(lambda s: sum(x.kind == SERVER_KIND and x.attributes.get("url.path") == "/anything/7"
+                                            for x in s) == 3)
+        text = service.metrics()
+    server = next(s for s in spans if s.attributes.get("url.path") == "/anything/7")
+    assert server.attributes["http.request.method"] == "GET"
+    assert "http send" not in {s.name for s in spans}, "ASGI send/receive spans are off by default"
+    # No route template without a framework: the path is never used as a label.
+    assert sample_value(text, "http_server_request_duration_seconds_count", http_route="",
+                        http_response_status_code="200") >= 3
+    assert "/anything/7" not in text
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_framework_apps_get_exactly_one_server_span(flavour, sink, tmp_path):
+    argv, route = FLAVOURS[flavour]
+    port = free_port()
+    with running(argv(port), port, base_env(sink, free_port()), tmp_path / "service.log") as service:
+        assert service.get("/items/3")[0] == 200
+        spans = sink.wait_for(lambda s: any(x.attributes.get("http.route") == route for x in s))
+        time.sleep(0.5)  # a second, outer server span would arrive in the same batch or the next
+        trace_id = next(s for s in spans if s.attributes.get("http.route") == route).trace_id
+        in_trace = [s for s in sink.snapshot() if s.trace_id == trace_id]
+    assert [s.kind for s in in_trace] == [SERVER_KIND], [(s.name, s.kind) for s in in_trace]

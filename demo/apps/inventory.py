@@ -1,3 +1,4 @@
+import meshlens.auto  # noqa: F401  (the one line a service adds)
 import logging
 import random
 import time
@@ -5,7 +6,6 @@ from typing import Any
 
 from flask import Flask, Response, jsonify
 
-import meshlens.auto  # noqa: F401  (the one line a service adds)
 
 logging.basicConfig(level=logging.INFO)
 log = logging.getLogger("inventory")

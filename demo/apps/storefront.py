@@ -1,10 +1,10 @@
+import meshlens.auto  # noqa: F401  (the one line a service adds)
 import logging
 import os
 
 import httpx
 from fastapi import FastAPI, HTTPException
 
-import meshlens.auto  # noqa: F401  (the one line a service adds)
 
 logging.basicConfig(level=logging.INFO)
 log = logging.getLogger("storefront")

@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.util._importlib_metadata import entry_points
 from prometheus_client import CollectorRegistry
 
-from meshlens import catalogue, libraries, logs, multiprocess
+from meshlens import catalogue, libraries, logs, multiprocess, servers
 from meshlens._version import __version__
 from meshlens.exposition import ApplicationMetrics, BeforeScrape, MetricsServer
 from meshlens.instruments import Instruments
@@ -165,7 +165,9 @@ def _start(settings: Settings) -> Runtime:
 
     server = None
     if settings.metrics_port:
-        server = MetricsServer(registry, settings.metrics_host, settings.metrics_port)
+        server = MetricsServer(
+            registry, settings.metrics_host, settings.metrics_port, group.directory if group else None
+        )
         if not server.start():
             server = None
 
@@ -179,12 +181,15 @@ def _start(settings: Settings) -> Runtime:
         metrics_server=server,
         runtime_metrics=runtime_metrics,
     )
-    options: dict[str, dict[str, object]] = {}
-    if not settings.asgi_send_receive_spans:
-        options["fastapi"] = {"exclude_spans": ["receive", "send"]}
+    asgi_options: dict[str, object] = {}
+    if not settings.framework_internal_spans:
+        asgi_options["exclude_spans"] = ["receive", "send"]
     runtime.instrumented = libraries.instrument_installed(
-        tracer_provider, settings.disabled_instrumentations, options
+        tracer_provider, settings.disabled_instrumentations, {"fastapi": asgi_options},
+        framework_internal_spans=settings.framework_internal_spans,
     )
+    if not {"*", "wsgi", "asgi"} & set(settings.disabled_instrumentations):
+        servers.hook_servers(tracer_provider, asgi_options)
     atexit.register(runtime.shutdown)
     _install_sigterm_flush(runtime)
     return runtime

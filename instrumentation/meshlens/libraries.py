@@ -10,15 +10,19 @@ costs that library's telemetry and one log line, never the service.
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from importlib import metadata
+from types import ModuleType
+from typing import Any
 
 from opentelemetry.instrumentation.dependencies import get_dist_dependency_conflicts
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.trace import TracerProvider
 from opentelemetry.util._importlib_metadata import EntryPoint, entry_points
+
+from meshlens._hooks import after_import
 
 _logger = logging.getLogger("meshlens")
 
@@ -26,16 +30,6 @@ ENTRY_POINT_GROUP = "opentelemetry_instrumentor"
 # meshlens correlates logs itself (meshlens.logs); the contrib logging instrumentor
 # would add a second record factory with other attribute names.
 HANDLED_BY_MESHLENS = frozenset({"logging"})
-
-# The libraries meshlens supports and tests, by entry-point name, for the docs and
-# the `meshlens[...]` extras. Any other installed contrib instrumentation is used too.
-SUPPORTED = (
-    "flask", "django", "fastapi", "starlette", "aiohttp-server",
-    "requests", "httpx", "urllib3", "urllib", "aiohttp-client",
-    "grpc_client", "grpc_server", "grpc_aio_client", "grpc_aio_server",
-    "psycopg", "psycopg2", "asyncpg", "sqlalchemy", "redis", "celery",
-)  # fmt: skip
-
 
 # Instrumentations that must wait for the application: the Django instrumentor reads
 # the settings, and configures empty ones when they are not set up yet, which breaks
@@ -51,14 +45,39 @@ class Outcome:
     detail: str = ""
 
 
-def _dist(entry_point: EntryPoint) -> object | None:
-    return getattr(entry_point, "dist", None)
+def fastapi_traces_itself() -> bool:
+    """FastAPI releases with native OpenTelemetry tracing (the ``fastapi.telemetry``
+    package) trace every request once the global tracer provider is set; the contrib
+    instrumentation on top would record each request twice. Read from the installed
+    files, so FastAPI is not imported."""
+    try:
+        files = metadata.distribution("fastapi").files or ()
+    except metadata.PackageNotFoundError:
+        return False
+    return any(str(path).replace("\\", "/") == "fastapi/telemetry/__init__.py" for path in files)
+
+
+def _configure_native_fastapi(module: ModuleType, operation_spans: bool) -> None:
+    """Defaults for FastAPI's native telemetry: its per-request operation spans
+    (dependencies, endpoint, serialization) only when asked; an app's own
+    ``telemetry=`` argument still wins."""
+    original = module.FastAPI.__init__
+
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        telemetry = dict(kwargs.get("telemetry") or {})
+        telemetry.setdefault("operation_spans", operation_spans)
+        kwargs["telemetry"] = telemetry
+        original(self, *args, **kwargs)
+
+    module.FastAPI.__init__ = __init__
 
 
 def instrument_installed(
     tracer_provider: TracerProvider,
     disabled: Iterable[str] = (),
     options: Mapping[str, Mapping[str, object]] | None = None,
+    framework_internal_spans: bool = False,
 ) -> list[Outcome]:
     """Instruments each installed library; returns what happened to each candidate."""
     disabled = set(disabled)
@@ -68,6 +87,7 @@ def instrument_installed(
     # The contrib instrumentations also record their own OpenTelemetry metrics; meshlens
     # derives its metrics from spans instead, so theirs go to a no-op provider.
     meter_provider = NoOpMeterProvider()
+    native_fastapi = fastapi_traces_itself()
     seen: set[str] = set()
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         name = entry_point.name
@@ -77,10 +97,15 @@ def instrument_installed(
         if name in disabled:
             outcomes.append(Outcome(name, False, "disabled by OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"))
             continue
+        if name == "fastapi" and native_fastapi:
+            after_import("fastapi.applications",
+                         functools.partial(_configure_native_fastapi, operation_spans=framework_internal_spans))
+            outcomes.append(Outcome(name, True, "FastAPI's native OpenTelemetry tracing"))
+            continue
         try:
-            dist = _dist(entry_point)
+            dist = getattr(entry_point, "dist", None)
             if dist is not None:
-                conflict = get_dist_dependency_conflicts(dist)  # type: ignore[arg-type]
+                conflict = get_dist_dependency_conflicts(dist)
                 if conflict is not None:
                     outcomes.append(Outcome(name, False, str(conflict)))
                     continue
@@ -114,17 +139,20 @@ def _instrument(name: str, entry_point: EntryPoint, kwargs: dict[str, object]) -
 
 def _defer(name: str, entry_point: EntryPoint, kwargs: dict[str, object]) -> None:
     module_name, function_name = DEFERRED_UNTIL[name]
-    module = importlib.import_module(module_name)
-    original = getattr(module, function_name)
 
-    @functools.wraps(original)
-    def first_call(*args: object, **call_kwargs: object) -> object:
-        setattr(module, function_name, original)
-        try:
-            _instrument(name, entry_point, kwargs)
-        except Exception as exc:
-            _logger.warning("meshlens: could not instrument %s (%s: %s); it runs untraced",
-                            name, type(exc).__name__, exc)
-        return original(*args, **call_kwargs)
+    def patch(module: ModuleType) -> None:
+        original = getattr(module, function_name)
 
-    setattr(module, function_name, first_call)
+        @functools.wraps(original)
+        def first_call(*args: object, **call_kwargs: object) -> object:
+            setattr(module, function_name, original)
+            try:
+                _instrument(name, entry_point, kwargs)
+            except Exception as exc:
+                _logger.warning("meshlens: could not instrument %s (%s: %s); it runs untraced",
+                                name, type(exc).__name__, exc)
+            return original(*args, **call_kwargs)
+
+        setattr(module, function_name, first_call)
+
+    after_import(module_name, patch)

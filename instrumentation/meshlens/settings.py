@@ -194,10 +194,11 @@ class Settings:
         "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", _csv, (), "Libraries not to instrument, by "
         "entry-point name (`flask,redis`), or `*` for none."
     )  # fmt: skip
-    asgi_send_receive_spans: bool = _setting(
-        "MESHLENS_ASGI_SEND_RECEIVE_SPANS", _parse_bool, False, "Keep the ASGI instrumentation's internal "
-        "`http send`/`http receive` spans (FastAPI): two or more extra spans per request that rarely "
-        "help and cost time."
+    framework_internal_spans: bool = _setting(
+        "MESHLENS_FRAMEWORK_INTERNAL_SPANS", _parse_bool, False, "Keep the per-request internal spans of "
+        "ASGI frameworks: the ASGI middleware's `http send`/`http receive` spans and FastAPI's native "
+        "operation spans (dependencies, endpoint, serialization). Several extra spans per request, off "
+        "by default for their cost."
     )  # fmt: skip
     metrics_port: int = _setting(
         "MESHLENS_METRICS_PORT", _int_in(0, 65535), DEFAULT_METRICS_PORT, "Port of the `/metrics` "

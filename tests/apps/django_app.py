@@ -1,9 +1,10 @@
+import meshlens.auto  # noqa: F401  (the one line a service adds)
 import logging
 
-import meshlens.auto  # noqa: F401  (the one line a service adds)
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
 from django.urls import path
+
 
 settings.configure(
     DEBUG=False,

@@ -1,11 +1,12 @@
+import meshlens.auto  # noqa: F401  (the one line a service adds)
 import asyncio
 import logging
 import os
 import time
 
 import httpx
-import meshlens.auto  # noqa: F401  (the one line a service adds)
 from fastapi import FastAPI, HTTPException
+
 
 logging.basicConfig(level=logging.INFO)
 log = logging.getLogger("fastapi_app")

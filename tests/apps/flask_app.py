@@ -1,10 +1,11 @@
+import meshlens.auto  # noqa: F401  (the one line a service adds)
 import logging
 import os
 import time
 
-import meshlens.auto  # noqa: F401  (the one line a service adds)
 import requests
 from flask import Flask, jsonify, request
+
 
 logging.basicConfig(level=logging.INFO)
 log = logging.getLogger("flask_app")

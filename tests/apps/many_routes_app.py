@@ -1,6 +1,7 @@
 import meshlens.auto  # noqa: F401  (the one line a service adds)
 from flask import Flask
 
+
 app = Flask(__name__)
 
 
