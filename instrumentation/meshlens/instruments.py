@@ -4,6 +4,12 @@ Every labelled metric keeps at most ``limit`` distinct label sets. Past the limi
 observation goes to a single overflow series labelled ``otel_metric_overflow="true"``
 (what the OpenTelemetry metrics SDK specification prescribes) and is counted in
 ``meshlens_metric_overflow_total``: memory stays bounded and nothing is silently lost.
+
+Exemplars are kept beside the histograms, one per bucket series (the latest), and
+attached when a scrape collects them: in memory for a single process, in a
+memory-mapped file per worker for pre-fork servers (:mod:`meshlens.multiprocess`).
+Recording one is a dictionary store; prometheus-client's own exemplar path costs
+several times more per observation and does not work across processes.
 """
 
 from __future__ import annotations
@@ -11,13 +17,14 @@ from __future__ import annotations
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.samples import Exemplar, Sample
 from prometheus_client.utils import floatToGoString
 
 from meshlens import catalogue
@@ -27,15 +34,54 @@ EXEMPLAR_TRACE_ID = "trace_id"
 EXEMPLAR_SPAN_ID = "span_id"
 
 
+ExemplarValue = tuple[float, float, str, str]
+"""(observed value, timestamp, trace id, span id) as a scrape shows them."""
+
+
 class ExemplarSink(Protocol):
-    """Where exemplars go when prometheus-client cannot keep them (pre-fork workers)."""
+    """Where histogram observations leave their exemplars."""
 
     def record(self, key: str, value: float, trace_id: int, span_id: int, timestamp: float) -> None: ...
 
 
-def exemplar_key(name: str, labels: dict[str, str]) -> str:
+class MemoryExemplars:
+    """The latest exemplar of each bucket series, in this process's memory."""
+
+    def __init__(self) -> None:
+        self._latest: dict[str, tuple[float, float, int, int]] = {}
+
+    def record(self, key: str, value: float, trace_id: int, span_id: int, timestamp: float) -> None:
+        self._latest[key] = (value, timestamp, trace_id, span_id)  # one store: atomic under the GIL
+
+    def snapshot(self) -> dict[str, ExemplarValue]:
+        return {
+            key: (value, timestamp, format(trace_id, "032x"), format(span_id, "016x"))
+            for key, (value, timestamp, trace_id, span_id) in list(self._latest.items())
+        }
+
+
+def exemplar_key(name: str, labels: Mapping[str, str]) -> str:
     """Identifies one bucket series, the same way for writers and for the collector."""
     return name + "\x00" + "\x00".join(f"{k}={labels[k]}" for k in sorted(labels))
+
+
+def attach_exemplars(families: Iterable[Metric], exemplars: Mapping[str, ExemplarValue]) -> None:
+    """Puts each bucket sample's exemplar on it, in place."""
+    if not exemplars:
+        return
+    for family in families:
+        if family.type != "histogram":
+            continue
+        family.samples = [_with_exemplar(sample, exemplars) for sample in family.samples]
+
+
+def _with_exemplar(sample: Sample, exemplars: Mapping[str, ExemplarValue]) -> Sample:
+    found = exemplars.get(exemplar_key(sample.name, sample.labels)) if sample.name.endswith("_bucket") else None
+    if found is None:
+        return sample
+    value, timestamp, trace_id, span_id = found
+    exemplar = Exemplar({EXEMPLAR_TRACE_ID: trace_id, EXEMPLAR_SPAN_ID: span_id}, value, timestamp)
+    return sample._replace(exemplar=exemplar)
 
 
 class GuardedMetric:
@@ -46,7 +92,7 @@ class GuardedMetric:
         spec: MetricSpec,
         limit: int,
         overflow_counter: GuardedMetric | None,
-        exemplar_sink: ExemplarSink | None = None,
+        exemplar_sink: ExemplarSink,
     ) -> None:
         self.spec = spec
         self.limit = limit
@@ -88,15 +134,9 @@ class GuardedMetric:
     def observe(self, values: tuple[str, ...], amount: float, trace_id: int = 0, span_id: int = 0) -> None:
         """Observe into a histogram, with the trace as exemplar when one is given."""
         child = self.labels(*values)
-        if not trace_id:
-            child.observe(amount)
-            return
-        if self._exemplar_sink is None:
-            child.observe(
-                amount, {EXEMPLAR_TRACE_ID: format(trace_id, "032x"), EXEMPLAR_SPAN_ID: format(span_id, "016x")}
-            )
-            return
         child.observe(amount)
+        if not trace_id:
+            return
         index = bisect_left(self._upper_bounds, amount)
         key = self._bucket_keys.get((values, index))
         if key is None:
@@ -141,10 +181,12 @@ class Instruments(Collector):
         catalogue_: Catalogue = CATALOGUE,
         exemplar_sink: ExemplarSink | None = None,
     ) -> None:
+        self.exemplars: ExemplarSink = exemplar_sink if exemplar_sink is not None else MemoryExemplars()
+        exemplar_sink = self.exemplars
         self._metrics: dict[str, GuardedMetric] = {}
         overflow_spec = catalogue.MESHLENS_METRIC_OVERFLOW
         # The overflow counter's own label is the metric name: bounded by the catalogue.
-        overflow = GuardedMetric(overflow_spec, limit=len(catalogue_.metrics) + 1, overflow_counter=None)
+        overflow = GuardedMetric(overflow_spec, len(catalogue_.metrics) + 1, None, exemplar_sink)
         self._metrics[overflow_spec.name] = overflow
         for spec in catalogue_.emitted():
             if spec.name not in self._metrics:
@@ -157,8 +199,10 @@ class Instruments(Collector):
         return iter(self._metrics.values())
 
     def collect(self) -> Iterable[Metric]:
-        for metric in self._metrics.values():
-            yield from metric.collect()
+        families = [family for metric in self._metrics.values() for family in metric.collect()]
+        if isinstance(self.exemplars, MemoryExemplars):
+            attach_exemplars(families, self.exemplars.snapshot())
+        return families
 
     def register_into(self, registry: CollectorRegistry) -> None:
         registry.register(self)
