@@ -106,3 +106,21 @@ def test_opting_out_of_one_library(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_the_services_own_prometheus_metrics_are_served_too():
+    port = free_port()
+    result = _run(
+        "import meshlens.auto\n"
+        "import urllib.request\n"
+        "from prometheus_client import Counter\n"
+        "orders = Counter('shop_orders', 'Orders placed.', ['channel'])\n"
+        "orders.labels('web').inc(3)\n"
+        f"print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics').read().decode())\n",
+        MESHLENS_METRICS_PORT=str(port),
+    )
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert 'shop_orders_total{channel="web"} 3.0' in text
+    assert "process_cpu_seconds_total" not in text, "prometheus-client's default collectors are left out"
+    assert "process_cpu_time_seconds_total" in text
