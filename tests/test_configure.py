@@ -124,3 +124,17 @@ def test_the_services_own_prometheus_metrics_are_served_too():
     assert 'shop_orders_total{channel="web"} 3.0' in text
     assert "process_cpu_seconds_total" not in text, "prometheus-client's default collectors are left out"
     assert "process_cpu_time_seconds_total" in text
+
+
+def test_an_unsupported_library_version_is_reported_once(tmp_path):
+    _fake_instrumentation(tmp_path, "tooold", "flask<1")
+    result = _run(
+        "import sys, meshlens.auto, meshlens\n"
+        "outcomes = {o.name: o for o in meshlens.current().instrumented}\n"
+        "print(outcomes['fake_tooold'].instrumented, 'fake_tooold' in sys.modules)\n",
+        PYTHONPATH=str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False"]
+    warnings = [line for line in result.stderr.splitlines() if "flask<1" in line]
+    assert len(warnings) == 1 and "runs untraced" in warnings[0], result.stderr

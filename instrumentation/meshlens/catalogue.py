@@ -95,6 +95,7 @@ HTTP_ROUTE = "http_route"
 HTTP_RESPONSE_STATUS_CODE = "http_response_status_code"
 URL_SCHEME = "url_scheme"
 SERVER_ADDRESS = "server_address"
+ERROR_TYPE = "error_type"
 DB_SYSTEM_NAME = "db_system_name"
 DB_NAMESPACE = "db_namespace"
 DB_OPERATION_NAME = "db_operation_name"
@@ -174,8 +175,9 @@ HTTP_CLIENT_REQUEST_DURATION = MetricSpec(
     name="http_client_request_duration_seconds",
     kind=Kind.HISTOGRAM,
     unit="s",
-    help="Duration of HTTP client requests.",
-    labels=(HTTP_REQUEST_METHOD, SERVER_ADDRESS, HTTP_RESPONSE_STATUS_CODE),
+    help="Duration of HTTP client requests; error_type names what failed (a status code, or an exception "
+    "such as a refused connection, with no status code).",
+    labels=(HTTP_REQUEST_METHOD, SERVER_ADDRESS, HTTP_RESPONSE_STATUS_CODE, ERROR_TYPE),
     buckets=DURATION_BUCKETS,
     semconv="http.client.request.duration",
 )
@@ -208,7 +210,7 @@ DB_CLIENT_OPERATION_DURATION = MetricSpec(
     kind=Kind.HISTOGRAM,
     unit="s",
     help="Duration of database client operations (PostgreSQL, Redis, ...).",
-    labels=(DB_SYSTEM_NAME, DB_NAMESPACE, DB_OPERATION_NAME),
+    labels=(DB_SYSTEM_NAME, DB_NAMESPACE, DB_OPERATION_NAME, ERROR_TYPE),
     buckets=DB_DURATION_BUCKETS,
     semconv="db.client.operation.duration",
 )

@@ -38,6 +38,22 @@ HANDLED_BY_MESHLENS = frozenset({"logging"})
 DEFERRED_UNTIL = {"django": ("django", "setup")}
 
 
+def _redis_namespace(span: Any, instance: Any, args: Any, kwargs: Any) -> None:
+    """Sets ``db.namespace`` to the database index, which the Redis instrumentation
+    leaves out under the stable database conventions (every Redis call then had an
+    empty namespace). Clients and pipelines both carry their connection pool."""
+    if not span.is_recording():
+        return
+    pool = getattr(instance, "connection_pool", None)
+    database = getattr(pool, "connection_kwargs", {}).get("db")
+    if database is not None:
+        span.set_attribute("db.namespace", str(database))
+
+
+# Options meshlens passes to contrib instrumentors, by entry-point name.
+INSTRUMENTOR_OPTIONS: Mapping[str, Mapping[str, object]] = {"redis": {"request_hook": _redis_namespace}}
+
+
 @dataclass(frozen=True)
 class Outcome:
     name: str
@@ -107,10 +123,12 @@ def instrument_installed(
             if dist is not None:
                 conflict = get_dist_dependency_conflicts(dist)
                 if conflict is not None:
+                    if getattr(conflict, "found", None):  # installed, at a version it does not support
+                        _logger.warning("meshlens: %s; it runs untraced", conflict)
                     outcomes.append(Outcome(name, False, str(conflict)))
                     continue
             kwargs = {"tracer_provider": tracer_provider, "meter_provider": meter_provider,
-                      **(options or {}).get(name, {})}
+                      **INSTRUMENTOR_OPTIONS.get(name, {}), **(options or {}).get(name, {})}
             if name in DEFERRED_UNTIL:
                 _defer(name, entry_point, kwargs)
                 outcomes.append(Outcome(name, True, "deferred until {}.{}()".format(*DEFERRED_UNTIL[name])))

@@ -38,6 +38,10 @@ _RPC_SERVICE = ("rpc.service",)
 _RPC_METHOD = ("rpc.method",)
 _RPC_STATUS = ("rpc.grpc.status_code",)
 _REDIS_PIPELINE = "db.redis.pipeline_length"
+_ERROR_TYPE = "error.type"
+_EXCEPTION = "exception"
+_EXCEPTION_TYPE = "exception.type"
+_OTHER_ERROR = "_OTHER"
 _GRPC_OK, _GRPC_UNKNOWN = "0", "2"
 
 # Systems whose operation names are case-insensitive keywords: "select" and "SELECT"
@@ -68,6 +72,21 @@ def _first(attributes: Mapping[str, Any], names: tuple[str, ...]) -> Any:
         if value is not None:
             return value
     return None
+
+
+def _error_type(span: ReadableSpan) -> str:
+    """``error.type`` as the conventions define it: the attribute when the instrumentation
+    sets it, else the type of the exception the span recorded; empty for a success."""
+    attributes = span.attributes or {}
+    value = attributes.get(_ERROR_TYPE)
+    if value is not None:
+        return str(value)
+    if span.status.status_code is not StatusCode.ERROR:
+        return ""
+    for event in span.events:
+        if event.name == _EXCEPTION and event.attributes:
+            return str(event.attributes.get(_EXCEPTION_TYPE, _OTHER_ERROR))
+    return _OTHER_ERROR
 
 
 def _method(attributes: Mapping[str, Any]) -> str | None:
@@ -211,12 +230,12 @@ class RedMetricsProcessor(SpanProcessor):
                     return
                 system = str(system)
                 namespace = _text(_first(attributes, _DB_NAMESPACE))
-                labels = (system, namespace, _db_operation(span, attributes, system, namespace))
+                labels = (system, namespace, _db_operation(span, attributes, system, namespace), _error_type(span))
                 self._db_duration.observe(labels, duration, trace_id, span_id)
                 return
             method = _method(attributes)
             if method is not None:
-                labels = (method, _server_address(attributes), _text(_first(attributes, _STATUS)))
+                labels = (method, _server_address(attributes), _text(_first(attributes, _STATUS)), _error_type(span))
                 self._client_duration.observe(labels, duration, trace_id, span_id)
             elif _first(attributes, _RPC_SYSTEM) is not None:
                 self._rpc_client.observe(self._rpc_labels(attributes), duration, trace_id, span_id)
