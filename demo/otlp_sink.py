@@ -24,12 +24,14 @@ class ReceivedSpan:
     parent_span_id: str
     name: str
     kind: int
+    scope: str
     start_ns: int
     end_ns: int
     attributes: dict[str, Any]
     resource: dict[str, Any]
     status_code: int
     events: list[str]
+    links: list[tuple[str, str]]
 
     @property
     def service(self) -> str:
@@ -60,12 +62,14 @@ def decode(request: ExportTraceServiceRequest) -> list[ReceivedSpan]:
                         parent_span_id=span.parent_span_id.hex(),
                         name=span.name,
                         kind=span.kind,
+                        scope=scope_spans.scope.name,
                         start_ns=span.start_time_unix_nano,
                         end_ns=span.end_time_unix_nano,
                         attributes=_attributes(span.attributes),
                         resource=resource,
                         status_code=span.status.code,
                         events=[event.name for event in span.events],
+                        links=[(link.trace_id.hex(), link.span_id.hex()) for link in span.links],
                     )
                 )
     return received
@@ -139,6 +143,20 @@ class OtlpSink:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+    def trace(self, trace_id: str) -> list[ReceivedSpan]:
+        return [s for s in self.snapshot() if s.trace_id == trace_id]
+
+    def wait_trace(
+        self, trace_id: str, predicate: Callable[[list[ReceivedSpan]], bool], timeout: float = 15.0
+    ) -> list[ReceivedSpan]:
+        """The spans of one trace, once ``predicate`` holds for them."""
+        try:
+            self.wait_for(lambda spans: predicate([s for s in spans if s.trace_id == trace_id]), timeout)
+        except AssertionError:
+            got = [(s.name, s.kind, s.scope) for s in self.trace(trace_id)]
+            raise AssertionError(f"trace {trace_id} incomplete after {timeout}s; has {got}") from None
+        return self.trace(trace_id)
 
     def wait_for(self, predicate: Callable[[list[ReceivedSpan]], bool], timeout: float = 15.0) -> list[ReceivedSpan]:
         deadline = time.monotonic() + timeout
