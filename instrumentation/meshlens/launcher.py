@@ -7,7 +7,10 @@ The command's Python interpreter configures meshlens at start-up (through a
 ``sitecustomize`` module placed first on ``PYTHONPATH``), before any application
 code is imported. For a pre-fork server the launcher also gives the workers a
 shared metrics folder, so that the master and every worker report into one
-``/metrics``.
+``/metrics``. uWSGI is also asked for Python threads and for Python's own fork
+hooks (``--enable-threads --py-call-uwsgi-fork-hooks``): meshlens is then set up in
+the master before uWSGI starts, and its workers are forked without those hooks
+otherwise (their spans would carry the master's pid, their samplers would not run).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from meshlens import multiprocess
@@ -23,6 +26,7 @@ from meshlens.settings import load_settings
 
 _BOOTSTRAP = Path(__file__).with_name("_bootstrap")
 PREFORK_SERVERS = ("gunicorn", "uwsgi")
+UWSGI_OPTIONS = ("--enable-threads", "--py-call-uwsgi-fork-hooks")
 
 USAGE = """usage: meshlens-run COMMAND [ARGS...]
 
@@ -32,15 +36,26 @@ Settings come from the environment: see docs/settings.md.
 """
 
 
-def _is_prefork(argv: Sequence[str]) -> bool:
+def _is_prefork(argv: Sequence[str], env: Mapping[str, str]) -> bool:
     names = [os.path.basename(arg) for arg in argv[:4]]
     if any(name in PREFORK_SERVERS for name in names):
         return True
     if "uvicorn" in names:
-        return any(arg == "--workers" or arg.startswith("--workers=") for arg in argv) or int(
-            os.environ.get("WEB_CONCURRENCY", "1") or 1
-        ) > 1
+        if any(arg == "--workers" or arg.startswith("--workers=") for arg in argv):
+            return True
+        try:
+            return int(env.get("WEB_CONCURRENCY") or 1) > 1
+        except ValueError:
+            return False
     return False
+
+
+def prepare_arguments(argv: Sequence[str]) -> list[str]:
+    """The command line the command runs with."""
+    args = list(argv)
+    if os.path.basename(args[0]) == "uwsgi":
+        args[1:1] = [option for option in UWSGI_OPTIONS if option not in args]
+    return args
 
 
 def prepare_environment(argv: Sequence[str], env: dict[str, str]) -> dict[str, str]:
@@ -49,7 +64,7 @@ def prepare_environment(argv: Sequence[str], env: dict[str, str]) -> dict[str, s
     python_path = env.get("PYTHONPATH", "")
     env["PYTHONPATH"] = os.pathsep.join(part for part in (str(_BOOTSTRAP), python_path) if part)
     settings = load_settings(env)
-    if _is_prefork(argv) and not settings.multiprocess_dir:
+    if _is_prefork(argv, env) and not settings.multiprocess_dir:
         # exec keeps this pid: the server's master is the group's leader.
         env["MESHLENS_MULTIPROC_DIR"] = str(multiprocess.group_dir(os.getpid()))
     return env
@@ -65,4 +80,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stderr.write(f"meshlens-run: command not found: {args[0]}\n")
         raise SystemExit(127)
     env = prepare_environment(args, dict(os.environ))
-    os.execve(executable, args, env)
+    os.execve(executable, prepare_arguments(args), env)

@@ -1,0 +1,326 @@
+"""Pre-fork servers over real HTTP on loopback: gunicorn (sync, gthread, uvicorn workers,
+--preload), uWSGI (app in the master, and --lazy-apps), ``uvicorn --workers`` and
+``meshlens-run``. One scrape of /metrics is the sum over all workers, with exemplars,
+whichever worker answers it; every worker exports its spans; dead workers' numbers
+stay counted and their files go."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import urllib.error
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from harness import OtlpSink, base_env, bin_path, families, free_port, http_get, running, sample_value
+
+pytestmark = pytest.mark.slow
+
+SERVER_KIND = 2  # OTLP SpanKind SERVER
+FLASK_ROUTE = "/items/<int:item_id>"
+FASTAPI_ROUTE = "/items/{item_id}"
+COUNT = "http_server_request_duration_seconds_count"
+HISTOGRAM = "http_server_request_duration_seconds"
+N = 200
+START_TIMEOUT = 90.0
+PROMTOOL = "/usr/bin/promtool"
+# Instrumentations of libraries the test apps do not use: importing them (sqlalchemy,
+# redis, grpc, ...) triples a worker's start-up time, and four workers start at once.
+UNUSED_LIBRARIES = ("aiohttp-client,aiohttp-server,asyncpg,celery,django,grpc_aio_client,grpc_aio_server,"
+                    "grpc_client,grpc_server,httpx,httpx2,psycopg,psycopg2,redis,requests,sqlalchemy,urllib,urllib3")
+
+
+@pytest.fixture
+def sink():
+    sink = OtlpSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def groups_dir(tmp_path):
+    """TMPDIR of the service: its group folder lands here, apart from other tests'."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    return folder
+
+
+def _env(sink, groups_dir: Path, **extra: str) -> dict[str, str]:
+    return base_env(sink, free_port(), TMPDIR=str(groups_dir),
+                    OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=UNUSED_LIBRARIES, **extra)
+
+
+def _gunicorn(port: int, app: str, *extra: str, workers: int = 4) -> list[str]:
+    return [bin_path("gunicorn"), "-w", str(workers), "-b", f"127.0.0.1:{port}", "--no-control-socket",
+            "--graceful-timeout", "20", *extra, app]
+
+
+def _uwsgi(port: int, app: str, *extra: str) -> list[str]:
+    return [bin_path("uwsgi"), "--master", "--processes", "4", "--http-socket", f"127.0.0.1:{port}",
+            "--module", app, "--need-app", "--die-on-term", "--disable-logging", *extra]
+
+
+def _drive(service, count: int, first: int = 0, connections: int = 8) -> Counter[int]:
+    """``count`` requests over several connections at once; how many each worker pid served."""
+
+    def one(item: int) -> int:
+        status, body, _ = http_get(f"{service.url}/items/{item}", timeout=30)
+        assert status == 200, body
+        return json.loads(body)["pid"]
+
+    with ThreadPoolExecutor(connections) as pool:
+        return Counter(pool.map(one, range(first, first + count)))
+
+
+def _scrape(service, openmetrics: bool = False, attempts: int = 5) -> str:
+    """One scrape; retried when the worker that got the connection was exiting."""
+    for attempt in range(attempts):
+        try:
+            return service.metrics(openmetrics=openmetrics)
+        except (OSError, urllib.error.URLError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
+def _count(text: str, route: str) -> float:
+    try:
+        return sample_value(text, COUNT, http_route=route)
+    except AssertionError:
+        return 0.0
+
+
+def _wait_count(service, route: str, expected: int, timeout: float = 30.0) -> None:
+    """Until the last requests' spans have ended (a response can reach the client first)."""
+    deadline = time.monotonic() + timeout
+    seen = 0.0
+    while time.monotonic() < deadline:
+        seen = _count(_scrape(service), route)
+        if seen >= expected:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{route}: count {seen} after {timeout}s, expected {expected}")
+
+
+def _assert_exact(service, route: str, expected: int, scrapes: int = 8) -> None:
+    """Every scrape, whichever worker answers it, has the whole group's count."""
+    for _ in range(scrapes):
+        text = _scrape(service)
+        assert _count(text, route) == expected
+        if "shop_items_fetched" in text:  # prefork_flask's own prometheus-client counter
+            assert sample_value(text, "shop_items_fetched_total") == expected
+
+
+def _server_spans(spans, route: str):
+    return [s for s in spans if s.kind == SERVER_KIND and s.attributes.get("http.route") == route]
+
+
+def _check_spans(sink, route: str, expected: int, served: Counter[int]):
+    spans = _server_spans(sink.wait_for(lambda s: len(_server_spans(s, route)) >= expected, timeout=30), route)
+    assert len(spans) == expected
+    by_pid = Counter(s.resource["process.pid"] for s in spans)
+    assert by_pid == served, "every worker exports its own spans, under its own pid"
+    return spans
+
+
+def _check_exemplars(service, sink, route: str) -> None:
+    histogram = families(_scrape(service, openmetrics=True), openmetrics=True)[HISTOGRAM]
+    exemplars = [s.exemplar for s in histogram.samples if s.exemplar and s.labels.get("http_route") == route]
+    assert exemplars, "the merged buckets carry exemplars"
+    known = {s.trace_id for s in sink.snapshot()}
+    assert {e.labels["trace_id"] for e in exemplars} <= known
+
+
+def _promtool(text: str) -> str:
+    result = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, check=False,
+                            timeout=30)
+    report = result.stdout + result.stderr
+    assert "error" not in report.lower(), report
+    return report
+
+
+def _wait_workers(service, expected: int, timeout: float = 60.0) -> None:
+    """Until ``expected`` processes report: each one's runtime sampler sets its
+    meshlens_process_workers to 1 as it starts (in a forked worker, after the fork)."""
+    deadline = time.monotonic() + timeout
+    seen = 0.0
+    while time.monotonic() < deadline:
+        text = _scrape(service)
+        seen = sample_value(text, "meshlens_process_workers") if "meshlens_process_workers" in text else 0
+        if seen >= expected:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{seen} processes report after {timeout}s, expected {expected}")
+
+
+def _check_group(service, sink, route: str, count: int = N, master: bool = False) -> Counter[int]:
+    """``master``: meshlens was set up in the master, which then forked the workers."""
+    _wait_workers(service, 4 + master)
+    served = _drive(service, count)
+    assert len(served) >= 2, f"requests did not spread over workers: {served}"
+    _wait_count(service, route, count)
+    _assert_exact(service, route, count)
+    _check_spans(sink, route, count, served)
+    _check_exemplars(service, sink, route)
+    _promtool(_scrape(service))
+    return served
+
+
+def _group_folder(groups_dir: Path) -> Path:
+    folders = list(groups_dir.glob("meshlens-metrics-*"))
+    assert len(folders) == 1, folders
+    return folders[0]
+
+
+PID_FILE = re.compile(r"^.+_(\d+)\.(db|exemplars|serving)$")
+
+
+def _pid_files(folder: Path, pid: int) -> list[str]:
+    return [name for name in os.listdir(folder) if (match := PID_FILE.match(name)) and int(match[1]) == pid]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+# --- gunicorn, uWSGI, uvicorn -------------------------------------------------------
+
+GUNICORN = {
+    "sync": ("prefork_flask:app", FLASK_ROUTE, ()),
+    "gthread": ("prefork_flask:app", FLASK_ROUTE, ("-k", "gthread", "--threads", "4")),
+    "uvicorn-worker": ("prefork_fastapi:app", FASTAPI_ROUTE, ("-k", "uvicorn.workers.UvicornWorker")),
+    "preload": ("prefork_flask:app", FLASK_ROUTE, ("--preload",)),
+}
+
+
+@pytest.mark.parametrize("kind", list(GUNICORN))
+def test_gunicorn_scrape_is_the_sum_over_workers(kind, sink, groups_dir, tmp_path):
+    app, route, extra = GUNICORN[kind]
+    port = free_port()
+    with running(_gunicorn(port, app, *extra), port, _env(sink, groups_dir), tmp_path / "service.log",
+                 timeout=START_TIMEOUT) as service:
+        _check_group(service, sink, route, master=kind == "preload")
+        text = _scrape(service)
+        assert sample_value(text, "meshlens_info", multiprocess="gunicorn") == 1
+        assert "cannot serve /metrics" not in service.log()
+    if kind == "preload":  # the master, the group's leader, removes the folder as it exits
+        assert not list(groups_dir.glob("meshlens-metrics-*"))
+
+
+@pytest.mark.parametrize("mode", ["app-in-master", "lazy-apps"])
+def test_uwsgi_scrape_is_the_sum_over_workers(mode, sink, groups_dir, tmp_path):
+    port = free_port()
+    extra = ("--lazy-apps",) if mode == "lazy-apps" else ()
+    with running(_uwsgi(port, "prefork_flask:app", *extra), port, _env(sink, groups_dir),
+                 tmp_path / "service.log", timeout=START_TIMEOUT) as service:
+        _check_group(service, sink, FLASK_ROUTE, master=mode == "app-in-master")
+        assert "uWSGI runs without Python threads" not in service.log()
+
+
+def test_uvicorn_workers_scrape_is_the_sum_over_workers(sink, groups_dir, tmp_path):
+    port = free_port()
+    argv = [bin_path("uvicorn"), "--workers", "4", "--host", "127.0.0.1", "--port", str(port), "prefork_fastapi:app"]
+    with running(argv, port, _env(sink, groups_dir), tmp_path / "service.log", timeout=START_TIMEOUT) as service:
+        _check_group(service, sink, FASTAPI_ROUTE)
+
+
+@pytest.mark.parametrize("server", ["gunicorn", "uwsgi"])
+def test_meshlens_run_with_a_plain_app(server, sink, groups_dir, tmp_path):
+    """No import line: the master configures meshlens at start-up, then forks the workers."""
+    port = free_port()
+    command = _gunicorn(port, "flask_app_plain:app") if server == "gunicorn" else _uwsgi(port, "flask_app_plain:app")
+    argv = [bin_path("meshlens-run"), *command]
+    with running(argv, port, _env(sink, groups_dir), tmp_path / "service.log", timeout=START_TIMEOUT) as service:
+        served = _check_group(service, sink, FLASK_ROUTE, master=True)
+        assert service.process.pid not in served
+        assert _group_folder(groups_dir).name.split("-")[-2] == str(service.process.pid)
+    if server == "gunicorn":
+        assert not list(groups_dir.glob("meshlens-metrics-*"))
+
+
+# --- dead workers -----------------------------------------------------------------
+
+
+def test_recycled_and_killed_workers_stay_counted_and_their_files_go(sink, groups_dir, tmp_path):
+    port = free_port()
+    count = 120
+    argv = _gunicorn(port, "prefork_flask:app", "--max-requests", "20", "--max-requests-jitter", "4")
+    with running(argv, port, _env(sink, groups_dir), tmp_path / "service.log", timeout=START_TIMEOUT) as service:
+        _wait_workers(service, 4)
+        served = _drive(service, count)
+        assert len(served) >= 6, f"workers are recycled every 20-24 requests: {served}"
+        _wait_count(service, FLASK_ROUTE, count)
+        _assert_exact(service, FLASK_ROUTE, count)
+        # Each recycled worker flushed its spans on the way out.
+        _check_spans(sink, FLASK_ROUTE, count, served)
+
+        # A worker killed outright: gunicorn starts another, the dead one's numbers stay.
+        folder = _group_folder(groups_dir)
+        victim = next(pid for pid in served if _alive(pid))
+        assert _pid_files(folder, victim)
+        os.kill(victim, signal.SIGKILL)
+        _drive(service, 40, first=count)
+        _wait_count(service, FLASK_ROUTE, count + 40)
+        _assert_exact(service, FLASK_ROUTE, count + 40)
+        _check_exemplars(service, sink, FLASK_ROUTE)
+
+        # After a scrape, only live processes have files: the folder does not grow.
+        _scrape(service)
+        names = os.listdir(folder)
+        pids = {int(match[1]) for match in map(PID_FILE.match, names) if match}
+        assert all(_alive(pid) for pid in pids), (pids, names)
+        assert victim not in pids
+        assert not [name for name in names if ".reaping-" in name]
+        assert {"counter_archive.db", "histogram_archive.db", "exemplars_archive.exemplars"} <= set(names)
+        assert len(pids) <= 4 and len(names) <= 4 * 8 + 10, names
+        _promtool(_scrape(service))
+
+
+# --- graceful stop ----------------------------------------------------------------
+
+
+def test_sigterm_to_the_master_flushes_every_workers_buffered_spans(sink, groups_dir, tmp_path):
+    port = free_port()
+    # A long schedule delay: nothing is exported before the stop.
+    env = _env(sink, groups_dir, OTEL_BSP_SCHEDULE_DELAY="600000")
+    count = 100
+    with running(_gunicorn(port, "prefork_flask:app"), port, env, tmp_path / "service.log",
+                 timeout=START_TIMEOUT) as service:
+        _wait_workers(service, 4)
+        served = _drive(service, count)
+        assert len(served) >= 2, served
+        _wait_count(service, FLASK_ROUTE, count)
+        assert not _server_spans(sink.snapshot(), FLASK_ROUTE)
+        returncode = service.stop(signal.SIGTERM)
+    assert returncode == 0, service.log()
+    _check_spans(sink, FLASK_ROUTE, count, served)
+
+
+def test_the_port_is_not_shared_with_another_service(sink, groups_dir, tmp_path):
+    """Two pre-fork services given the same metrics port: the second one warns and
+    stays out, rather than having scrapes alternate between two services' numbers."""
+    first_port, second_port = free_port(), free_port()
+    env = _env(sink, groups_dir)
+    with running(_gunicorn(first_port, "prefork_flask:app", workers=2), first_port, env,
+                 tmp_path / "first.log", timeout=START_TIMEOUT) as first, \
+            running(_gunicorn(second_port, "prefork_flask:app", workers=2), second_port, env,
+                    tmp_path / "second.log", timeout=START_TIMEOUT) as second:
+        _drive(first, 10)
+        _drive(second, 30)
+        _wait_count(first, FLASK_ROUTE, 10)
+        _assert_exact(first, FLASK_ROUTE, 10)
+        assert "cannot serve /metrics" in second.log()
+        status, _, _ = http_get(f"http://127.0.0.1:{second.metrics_port}/metrics")
+        assert status == 200
