@@ -5,12 +5,18 @@ requirement against the installed distributions), as ``opentelemetry-instrument`
 does, so a library that is not installed, or installed at a version the
 instrumentation does not support, is never imported. A failing instrumentation
 costs that library's telemetry and one log line, never the service.
+
+An installed library is instrumented when the application first imports it, not
+at start-up: ``opentelemetry-instrument`` imports every installed library it can
+instrument (seconds of start-up for a service that has SQLAlchemy, gRPC and Celery
+installed but uses none of them in this process).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
@@ -21,6 +27,7 @@ from opentelemetry.instrumentation.dependencies import get_dist_dependency_confl
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.trace import TracerProvider
 from opentelemetry.util._importlib_metadata import EntryPoint, entry_points
+from packaging.requirements import InvalidRequirement, Requirement
 
 from meshlens._hooks import after_import
 
@@ -36,6 +43,36 @@ HANDLED_BY_MESHLENS = frozenset({"logging"})
 # the usual wsgi.py (it sets DJANGO_SETTINGS_MODULE after the import line) and any
 # app that calls settings.configure(). It runs at the start of django.setup() instead.
 DEFERRED_UNTIL = {"django": ("django", "setup")}
+
+
+_INSTRUMENTS_EXTRAS = ({"extra": "instruments"}, {"extra": "instruments-any"})
+
+
+def _normalize(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+@functools.cache
+def _modules_by_distribution() -> dict[str, frozenset[str]]:
+    modules: dict[str, set[str]] = {}
+    for module, distributions in metadata.packages_distributions().items():
+        for distribution in distributions:
+            modules.setdefault(_normalize(distribution), set()).add(module)
+    return {name: frozenset(found) for name, found in modules.items()}
+
+
+def trigger_modules(dist: Any) -> frozenset[str]:
+    """The top-level modules of the installed libraries an instrumentation instruments."""
+    names = set()
+    for line in getattr(dist, "requires", None) or ():
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if requirement.marker is not None and any(requirement.marker.evaluate(extra) for extra in _INSTRUMENTS_EXTRAS):
+            names.add(_normalize(requirement.name))
+    by_distribution = _modules_by_distribution()
+    return frozenset(module for name in names for module in by_distribution.get(name, ()))
 
 
 def _redis_namespace(span: Any, instance: Any, args: Any, kwargs: Any) -> None:
@@ -133,7 +170,14 @@ def instrument_installed(
                 _defer(name, entry_point, kwargs)
                 outcomes.append(Outcome(name, True, "deferred until {}.{}()".format(*DEFERRED_UNTIL[name])))
                 continue
-            outcomes.append(_instrument(name, entry_point, kwargs))
+            triggers = trigger_modules(dist)
+            if not triggers or any(module in sys.modules for module in triggers):
+                outcomes.append(_instrument(name, entry_point, kwargs))
+                continue
+            once = _Once(functools.partial(_instrument_logged, name, entry_point, kwargs))
+            for module in triggers:
+                after_import(module, once)
+            outcomes.append(Outcome(name, True, f"when {', '.join(sorted(triggers))} is imported"))
         except ModuleNotFoundError as exc:
             # Declared requirements satisfied, yet the library is absent (alternative
             # packages of one instrumentation): nothing to instrument.
@@ -155,6 +199,28 @@ def _instrument(name: str, entry_point: EntryPoint, kwargs: dict[str, object]) -
     return Outcome(name, True)
 
 
+class _Once:
+    """Runs a function the first time it is called, whatever the argument."""
+
+    def __init__(self, function: Any) -> None:
+        self._function: Any = function
+
+    def __call__(self, _module: ModuleType) -> None:
+        function, self._function = self._function, None
+        if function is not None:
+            function()
+
+
+def _instrument_logged(name: str, entry_point: EntryPoint, kwargs: dict[str, object]) -> None:
+    try:
+        _instrument(name, entry_point, kwargs)
+    except ModuleNotFoundError:
+        pass  # an alternative package of the instrumentation, not installed
+    except Exception as exc:
+        _logger.warning("meshlens: could not instrument %s (%s: %s); it runs untraced",
+                        name, type(exc).__name__, exc)
+
+
 def _defer(name: str, entry_point: EntryPoint, kwargs: dict[str, object]) -> None:
     module_name, function_name = DEFERRED_UNTIL[name]
 
@@ -164,11 +230,7 @@ def _defer(name: str, entry_point: EntryPoint, kwargs: dict[str, object]) -> Non
         @functools.wraps(original)
         def first_call(*args: object, **call_kwargs: object) -> object:
             setattr(module, function_name, original)
-            try:
-                _instrument(name, entry_point, kwargs)
-            except Exception as exc:
-                _logger.warning("meshlens: could not instrument %s (%s: %s); it runs untraced",
-                                name, type(exc).__name__, exc)
+            _instrument_logged(name, entry_point, kwargs)
             return original(*args, **call_kwargs)
 
         setattr(module, function_name, first_call)

@@ -25,13 +25,6 @@ lock: never while a process of its group is alive, whatever the pids say.
 from __future__ import annotations
 
 import atexit
-
-# Imported for its side effect, before the tracer provider exists: the module
-# registers an after-fork handler that re-creates the lock ThreadPoolExecutor.submit
-# takes, and the SDK's own after-fork handler (which refreshes the resource with a
-# ThreadPoolExecutor) must run after it. The other way round, a forked worker of
-# `gunicorn --preload` or `meshlens-run gunicorn` hangs on that lock for ever.
-import concurrent.futures.thread  # noqa: F401
 import contextlib
 import errno
 import fcntl
@@ -324,7 +317,7 @@ def after_fork_in_child(restart_threads: bool = False) -> None:
             runtime = _setup.current()
             if runtime is not None and runtime.runtime_metrics is not None:
                 # RuntimeMetrics registers this for os.fork(); uWSGI's fork skips it.
-                runtime.runtime_metrics._after_fork()
+                runtime.runtime_metrics.after_fork()
         except Exception:
             _logger.debug("meshlens: restarting the runtime sampler after fork failed", exc_info=True)
 

@@ -84,7 +84,7 @@ class RuntimeMetrics:
         self._stop = threading.Event()
         self._interval = 5.0
         if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._after_fork)
+            os.register_at_fork(after_in_child=self.after_fork)
 
     def sample(self) -> None:
         """Brings every runtime instrument up to date."""
@@ -135,7 +135,9 @@ class RuntimeMetrics:
     def stop(self) -> None:
         self._stop.set()
 
-    def _after_fork(self) -> None:
+    def after_fork(self) -> None:
+        """Resets per-process state in a forked child (registered for os.fork; servers
+        that fork without Python's hooks, uWSGI, call it themselves)."""
         # A forked child starts with zero CPU time of its own; its GC counts are inherited.
         self._lock = threading.Lock()
         self._cpu_seen = {"user": 0.0, "system": 0.0}

@@ -8,6 +8,13 @@ one warning is logged per outage instead of one per batch.
 
 from __future__ import annotations
 
+# Imported for its side effect, before the tracer provider exists: the module
+# registers an after-fork handler that re-creates the lock ThreadPoolExecutor.submit
+# takes, and the SDK's own after-fork handler (which refreshes the resource with a
+# ThreadPoolExecutor) must run after it. The other way round, a child forked after
+# set-up (`gunicorn --preload`, `meshlens-run gunicorn`, Celery's pool) hangs on that
+# lock for ever.
+import concurrent.futures.thread  # noqa: F401
 import logging
 import os
 import sys
