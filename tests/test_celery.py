@@ -131,12 +131,8 @@ def test_publish_and_execution_are_one_trace(web, worker, sink):
     assert delta(web_before, web_after, DB_COUNT, db_system_name="redis", db_operation_name="LPUSH") == 1
 
 
-def test_task_metrics_reach_the_worker_metrics_endpoint(web, worker, sink, request):
+def test_task_metrics_reach_the_worker_metrics_endpoint(web, worker, sink):
     """The task ran in a pool child; the worker's /metrics is served by the main process."""
-    if worker.variant == "prefork":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "prefork pool children are not detected as a pre-fork group (multiprocess.detect_group knows "
-            "gunicorn, uWSGI and uvicorn): without MESHLENS_MULTIPROC_DIR their metrics are not served")))
     before = worker.metrics()
     key = f"meshlens-test:{secrets.token_hex(8)}"
     assert web.get(f"/enqueue?x=1&y=1&key={key}")[0] == 200

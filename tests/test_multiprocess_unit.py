@@ -438,3 +438,21 @@ def test_a_group_shares_its_port_with_its_own_members_only(tmp_path, caplog):
         sleeper.kill()
         sleeper.wait()
         first.stop()
+
+
+@pytest.mark.parametrize(
+    ("argv", "prefork"),
+    [
+        (["/venv/bin/celery", "-A", "app", "worker"], True),
+        (["/venv/bin/celery", "-A", "app", "worker", "--pool", "prefork", "-c", "4"], True),
+        (["/venv/bin/celery", "-A", "app", "worker", "--pool=solo"], False),
+        (["/venv/bin/celery", "-A", "app", "worker", "-P", "threads"], False),
+        (["/venv/bin/celery", "-A", "app", "worker", "-Pgevent"], False),
+        (["/venv/bin/celery", "-A", "app", "beat"], False),
+        (["/venv/bin/python", "manage.py", "worker"], False),
+    ],
+)
+def test_celery_prefork_worker_detection(argv, prefork):
+    from meshlens.multiprocess import _celery_prefork_worker
+
+    assert _celery_prefork_worker(argv) is prefork

@@ -139,7 +139,30 @@ def detect_group(explicit_dir: str) -> Group | None:
 
         if multiprocessing.parent_process() is not None:
             return Group(group_dir(os.getppid()), leader=False, server="uvicorn")
+    if "celery" in modules and _celery_prefork_worker(sys.argv):
+        # `celery worker` loads the app in its main process, then forks the pool.
+        return Group(group_dir(os.getpid()), leader=True, server="celery")
     return None
+
+
+CELERY_POOLS_WITHOUT_FORK = frozenset({"solo", "threads", "eventlet", "gevent", "custom"})
+
+
+def _celery_prefork_worker(argv: list[str]) -> bool:
+    """``celery ... worker`` with the default prefork pool."""
+    if "worker" not in argv[1:] or not os.path.basename(argv[0]).startswith("celery"):
+        return False
+    for index, arg in enumerate(argv):
+        value = None
+        if arg in ("-P", "--pool") and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith("--pool="):
+            value = arg.split("=", 1)[1]
+        elif arg.startswith("-P") and len(arg) > 2:
+            value = arg[2:]
+        if value is not None:
+            return value not in CELERY_POOLS_WITHOUT_FORK
+    return True
 
 
 # --- the group's folder --------------------------------------------------------
