@@ -1,0 +1,10 @@
+from flask import Flask
+
+# Hello-world Flask app of the overhead benchmark. Its *_meshlens twin is this file with
+# the one import line a service adds in front, and nothing else (run.py checks that).
+app = Flask(__name__)
+
+
+@app.route("/")
+def hello() -> str:
+    return "Hello, World!"
