@@ -140,3 +140,18 @@ def test_an_outage_is_logged_once_and_its_drops_counted(caplog):
     dropped = instruments[catalogue.MESHLENS_SPANS_DROPPED].labels("export_failed")._value.get()
     assert dropped == 100
     assert instruments[catalogue.MESHLENS_SPANS_EXPORTED].labels()._value.get() == 5
+
+
+def test_the_resource_hash_is_computed_once_and_survives_merging(monkeypatch):
+    from opentelemetry.sdk.resources import Resource
+
+    resource = build_resource(load_settings({"OTEL_SERVICE_NAME": "orders"}), {})
+    calls = []
+    original = Resource.__hash__
+    monkeypatch.setattr(Resource, "__hash__", lambda self: calls.append(1) or original(self))
+    assert hash(resource) == hash(resource)
+    assert len(calls) == 1
+    merged = resource.merge(Resource({"process.pid": 7}))
+    assert type(merged) is type(resource)
+    assert merged.attributes["process.pid"] == 7 and merged.attributes["service.name"] == "orders"
+    assert merged == merged.merge(Resource({}))
