@@ -14,8 +14,8 @@ every recycled worker. The fold is crash-safe: a reaper that dies half-way leave
 files that the next scrape either finishes folding or recognises as already folded.
 
 Which processes form a group is detected without any code from the user: gunicorn
-(with or without ``--preload``), uWSGI and ``uvicorn --workers``; or set
-``MESHLENS_MULTIPROC_DIR``.
+(with or without ``--preload``), uWSGI, ``uvicorn --workers`` and Celery's prefork
+worker; or set ``MESHLENS_MULTIPROC_DIR``.
 
 Every live member holds a shared ``flock`` on the group's ``.members`` file (forked
 children inherit it), so a folder is removed as stale only when nobody holds that
