@@ -70,6 +70,15 @@ class OtlpGrpcSink(OtlpSink):
         self._grpc.stop(grace=None)
 
 
+def started_sink() -> Iterator[OtlpSink]:
+    """A running OTLP/HTTP receiver, stopped afterwards: the body of the tests' ``sink`` fixtures."""
+    sink = OtlpSink().start()
+    try:
+        yield sink
+    finally:
+        sink.stop()
+
+
 # --- services ------------------------------------------------------------------
 
 

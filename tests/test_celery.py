@@ -14,13 +14,12 @@ from library_checks import (
     INSTRUMENTATION_FAILED,
     PRODUCER_KIND,
     SERVER_KIND,
-    ScopedSink,
     delta,
     descends_from,
     traceparent,
 )
 
-from harness import base_env, bin_path, free_port, running
+from harness import base_env, bin_path, free_port, running, started_sink
 
 pytestmark = pytest.mark.slow
 
@@ -31,12 +30,7 @@ TASK = "meshlens_test.add"
 DB_COUNT = "db_client_operation_duration_seconds_count"
 
 
-@pytest.fixture(scope="module")
-def sink():
-    sink = ScopedSink().start()
-    yield sink
-    sink.stop()
-
+sink = pytest.fixture(scope="module")(started_sink)
 
 @pytest.fixture(scope="module")
 def queue():

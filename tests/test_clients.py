@@ -20,7 +20,6 @@ from library_checks import (
     INSTRUMENTATION_FAILED,
     SERVER_KIND,
     STATUS_ERROR,
-    ScopedSink,
     count,
     delta,
     descends_from,
@@ -28,7 +27,7 @@ from library_checks import (
     traceparent,
 )
 
-from harness import base_env, bin_path, free_port, running
+from harness import base_env, bin_path, free_port, running, started_sink
 
 pytestmark = pytest.mark.slow
 
@@ -88,12 +87,7 @@ def downstream() -> Iterator[Downstream]:
     server.server_close()
 
 
-@pytest.fixture(scope="module")
-def sink():
-    sink = ScopedSink().start()
-    yield sink
-    sink.stop()
-
+sink = pytest.fixture(scope="module")(started_sink)
 
 def _uvicorn(port: int) -> list[str]:
     return [bin_path("uvicorn"), "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "client_app:app"]

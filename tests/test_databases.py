@@ -17,7 +17,6 @@ from library_checks import (
     INSTRUMENTATION_FAILED,
     SERVER_KIND,
     STATUS_ERROR,
-    ScopedSink,
     delta,
     descends_from,
     exemplar_trace_ids,
@@ -25,7 +24,7 @@ from library_checks import (
     traceparent,
 )
 
-from harness import base_env, bin_path, free_port, running
+from harness import base_env, bin_path, free_port, running, started_sink
 
 pytestmark = pytest.mark.slow
 
@@ -59,12 +58,7 @@ def _uvicorn(port: int) -> list[str]:
     return [bin_path("uvicorn"), "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "db_app:app"]
 
 
-@pytest.fixture(scope="module")
-def sink():
-    sink = ScopedSink().start()
-    yield sink
-    sink.stop()
-
+sink = pytest.fixture(scope="module")(started_sink)
 
 @pytest.fixture(scope="module")
 def service(sink, tmp_path_factory):

@@ -9,19 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from harness import APPS, OtlpSink, base_env, bin_path, free_port, http_get, running, sample_value
+from harness import APPS, base_env, bin_path, free_port, http_get, running, sample_value, started_sink
 
 pytestmark = pytest.mark.slow
 
 SERVER_KIND = 2
 
 
-@pytest.fixture
-def sink():
-    sink = OtlpSink().start()
-    yield sink
-    sink.stop()
-
+sink = pytest.fixture(started_sink)
 
 def _gunicorn(port: int, app: str = "flask_app:app") -> list[str]:
     return [bin_path("gunicorn"), "-w", "1", "-b", f"127.0.0.1:{port}", app]

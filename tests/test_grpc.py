@@ -15,13 +15,12 @@ from library_checks import (
     CLIENT_KIND,
     INSTRUMENTATION_FAILED,
     SERVER_KIND,
-    ScopedSink,
     delta,
     exemplar_trace_ids,
     traceparent,
 )
 
-from harness import base_env, free_port, running
+from harness import base_env, free_port, running, started_sink
 
 pytestmark = pytest.mark.slow
 
@@ -33,12 +32,7 @@ CLIENT_COUNT = "rpc_client_duration_seconds_count"
 OK, UNKNOWN, NOT_FOUND = 0, 2, 5
 
 
-@pytest.fixture(scope="module")
-def sink():
-    sink = ScopedSink().start()
-    yield sink
-    sink.stop()
-
+sink = pytest.fixture(scope="module")(started_sink)
 
 @pytest.fixture(scope="module")
 def service(sink, tmp_path_factory):

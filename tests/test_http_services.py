@@ -8,15 +8,7 @@ import time
 
 import pytest
 
-from harness import (
-    OtlpSink,
-    base_env,
-    bin_path,
-    families,
-    free_port,
-    running,
-    sample_value,
-)
+from harness import base_env, bin_path, families, free_port, running, sample_value, started_sink
 
 pytestmark = pytest.mark.slow
 
@@ -45,12 +37,7 @@ FLAVOURS = {
 }
 
 
-@pytest.fixture
-def sink():
-    sink = OtlpSink().start()
-    yield sink
-    sink.stop()
-
+sink = pytest.fixture(started_sink)
 
 @pytest.mark.parametrize("flavour", sorted(FLAVOURS))
 def test_request_becomes_span_metric_exemplar_and_log(flavour, sink, tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import OtlpSink, base_env, bin_path, families, free_port, http_get, running, sample_value
+from harness import base_env, bin_path, families, free_port, http_get, running, sample_value, started_sink
 
 pytestmark = pytest.mark.slow
 
@@ -37,12 +37,7 @@ UNUSED_LIBRARIES = ("aiohttp-client,aiohttp-server,asyncpg,celery,django,grpc_ai
                     "grpc_client,grpc_server,httpx,httpx2,psycopg,psycopg2,redis,requests,sqlalchemy,urllib,urllib3")
 
 
-@pytest.fixture
-def sink():
-    sink = OtlpSink().start()
-    yield sink
-    sink.stop()
-
+sink = pytest.fixture(started_sink)
 
 @pytest.fixture
 def groups_dir(tmp_path):
@@ -115,7 +110,7 @@ def _assert_exact(service, route: str, expected: int, scrapes: int = 8) -> None:
     for _ in range(scrapes):
         text = _scrape(service)
         assert _count(text, route) == expected
-        if "shop_items_fetched" in text:  # prefork_flask's own prometheus-client counter
+        if "shop_items_fetched" in text:  # flask_app's own prometheus-client counter
             assert sample_value(text, "shop_items_fetched_total") == expected
 
 
@@ -198,10 +193,10 @@ def _alive(pid: int) -> bool:
 # --- gunicorn, uWSGI, uvicorn -------------------------------------------------------
 
 GUNICORN = {
-    "sync": ("prefork_flask:app", FLASK_ROUTE, ()),
-    "gthread": ("prefork_flask:app", FLASK_ROUTE, ("-k", "gthread", "--threads", "4")),
-    "uvicorn-worker": ("prefork_fastapi:app", FASTAPI_ROUTE, ("-k", "uvicorn.workers.UvicornWorker")),
-    "preload": ("prefork_flask:app", FLASK_ROUTE, ("--preload",)),
+    "sync": ("flask_app:app", FLASK_ROUTE, ()),
+    "gthread": ("flask_app:app", FLASK_ROUTE, ("-k", "gthread", "--threads", "4")),
+    "uvicorn-worker": ("fastapi_app:app", FASTAPI_ROUTE, ("-k", "uvicorn.workers.UvicornWorker")),
+    "preload": ("flask_app:app", FLASK_ROUTE, ("--preload",)),
 }
 
 
@@ -223,7 +218,7 @@ def test_gunicorn_scrape_is_the_sum_over_workers(kind, sink, groups_dir, tmp_pat
 def test_uwsgi_scrape_is_the_sum_over_workers(mode, sink, groups_dir, tmp_path):
     port = free_port()
     extra = ("--lazy-apps",) if mode == "lazy-apps" else ()
-    with running(_uwsgi(port, "prefork_flask:app", *extra), port, _env(sink, groups_dir),
+    with running(_uwsgi(port, "flask_app:app", *extra), port, _env(sink, groups_dir),
                  tmp_path / "service.log", timeout=START_TIMEOUT) as service:
         _check_group(service, sink, FLASK_ROUTE, master=mode == "app-in-master")
         assert "uWSGI runs without Python threads" not in service.log()
@@ -231,7 +226,7 @@ def test_uwsgi_scrape_is_the_sum_over_workers(mode, sink, groups_dir, tmp_path):
 
 def test_uvicorn_workers_scrape_is_the_sum_over_workers(sink, groups_dir, tmp_path):
     port = free_port()
-    argv = [bin_path("uvicorn"), "--workers", "4", "--host", "127.0.0.1", "--port", str(port), "prefork_fastapi:app"]
+    argv = [bin_path("uvicorn"), "--workers", "4", "--host", "127.0.0.1", "--port", str(port), "fastapi_app:app"]
     with running(argv, port, _env(sink, groups_dir), tmp_path / "service.log", timeout=START_TIMEOUT) as service:
         _check_group(service, sink, FASTAPI_ROUTE)
 
@@ -240,7 +235,7 @@ def test_uvicorn_workers_scrape_is_the_sum_over_workers(sink, groups_dir, tmp_pa
 def test_meshlens_run_with_a_plain_app(server, sink, groups_dir, tmp_path):
     """No import line: the master configures meshlens at start-up, then forks the workers."""
     port = free_port()
-    command = _gunicorn(port, "flask_app_plain:app") if server == "gunicorn" else _uwsgi(port, "flask_app_plain:app")
+    command = _gunicorn(port, "plain_app:app") if server == "gunicorn" else _uwsgi(port, "plain_app:app")
     argv = [bin_path("meshlens-run"), *command]
     with running(argv, port, _env(sink, groups_dir), tmp_path / "service.log", timeout=START_TIMEOUT) as service:
         served = _check_group(service, sink, FLASK_ROUTE, master=True)
@@ -256,7 +251,7 @@ def test_meshlens_run_with_a_plain_app(server, sink, groups_dir, tmp_path):
 def test_recycled_and_killed_workers_stay_counted_and_their_files_go(sink, groups_dir, tmp_path):
     port = free_port()
     count = 120
-    argv = _gunicorn(port, "prefork_flask:app", "--max-requests", "20", "--max-requests-jitter", "4")
+    argv = _gunicorn(port, "flask_app:app", "--max-requests", "20", "--max-requests-jitter", "4")
     with running(argv, port, _env(sink, groups_dir), tmp_path / "service.log", timeout=START_TIMEOUT) as service:
         _wait_workers(service, 4)
         served = _drive(service, count)
@@ -296,7 +291,7 @@ def test_sigterm_to_the_master_flushes_every_workers_buffered_spans(sink, groups
     # A long schedule delay: nothing is exported before the stop.
     env = _env(sink, groups_dir, OTEL_BSP_SCHEDULE_DELAY="600000")
     count = 100
-    with running(_gunicorn(port, "prefork_flask:app"), port, env, tmp_path / "service.log",
+    with running(_gunicorn(port, "flask_app:app"), port, env, tmp_path / "service.log",
                  timeout=START_TIMEOUT) as service:
         _wait_workers(service, 4)
         served = _drive(service, count)
@@ -313,9 +308,9 @@ def test_the_port_is_not_shared_with_another_service(sink, groups_dir, tmp_path)
     stays out, rather than having scrapes alternate between two services' numbers."""
     first_port, second_port = free_port(), free_port()
     env = _env(sink, groups_dir)
-    with running(_gunicorn(first_port, "prefork_flask:app", workers=2), first_port, env,
+    with running(_gunicorn(first_port, "flask_app:app", workers=2), first_port, env,
                  tmp_path / "first.log", timeout=START_TIMEOUT) as first, \
-            running(_gunicorn(second_port, "prefork_flask:app", workers=2), second_port, env,
+            running(_gunicorn(second_port, "flask_app:app", workers=2), second_port, env,
                     tmp_path / "second.log", timeout=START_TIMEOUT) as second:
         _drive(first, 10)
         _drive(second, 30)

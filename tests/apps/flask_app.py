@@ -5,11 +5,14 @@ import time
 
 import requests
 from flask import Flask, jsonify, request
+from prometheus_client import Counter
 
 
 logging.basicConfig(level=logging.INFO)
 log = logging.getLogger("flask_app")
 app = Flask(__name__)
+# The service's own metric: served on meshlens's /metrics, summed over pre-fork workers too.
+FETCHED = Counter("shop_items_fetched", "Items fetched.")
 
 
 @app.route("/health")
@@ -19,6 +22,7 @@ def health():
 
 @app.route("/items/<int:item_id>")
 def item(item_id: int):
+    FETCHED.inc()
     log.info("fetched item %d", item_id)
     return jsonify(id=item_id, pid=os.getpid())
 

@@ -1,4 +1,5 @@
-"""A Flask service with no meshlens line at all: for `meshlens-run` and `opentelemetry-instrument`."""
+"""A Flask service with no meshlens line at all: for `meshlens-run` and `opentelemetry-instrument`
+(run as a script, or served by gunicorn as `plain_app:app`)."""
 
 import os
 
@@ -14,7 +15,7 @@ def health():
 
 @app.route("/items/<int:item_id>")
 def item(item_id: int):
-    return {"id": item_id}
+    return {"id": item_id, "pid": os.getpid()}
 
 
 if __name__ == "__main__":
