@@ -225,7 +225,8 @@ class Settings:
     )  # fmt: skip
     runtime_interval_s: float = _setting(
         "MESHLENS_RUNTIME_INTERVAL", _float_in(0.1, 3600.0), 5.0, "Seconds between runtime samples "
-        "in pre-fork workers, and between event-loop lag probes."
+        "in pre-fork workers, whose scrape another process may answer (a single process samples at "
+        "scrape time)."
     )  # fmt: skip
     log_correlation: bool = _setting(
         "MESHLENS_LOG_CORRELATION", _parse_bool, True, "Add `trace_id` and `span_id` to every log "
