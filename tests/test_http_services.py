@@ -120,8 +120,9 @@ def test_uvicorn_sigterm_flushes_every_buffered_span(sink, tmp_path):
     """uvicorn re-raises SIGTERM after its graceful stop and skips exit handlers;
     meshlens still delivers what was buffered."""
     port = free_port()
-    # A long schedule delay: nothing is exported before the stop.
-    env = base_env(sink, free_port(), OTEL_BSP_SCHEDULE_DELAY="600000")
+    # A long schedule delay and batches larger than the load: nothing is exported before the stop.
+    env = base_env(sink, free_port(), OTEL_BSP_SCHEDULE_DELAY="600000",
+                   OTEL_BSP_MAX_EXPORT_BATCH_SIZE="2048")  # nothing leaves before the stop
     with running(_fastapi(port), port, env, tmp_path / "service.log") as service:
         for item in range(25):
             assert service.get(f"/items/{item}")[0] == 200
@@ -134,7 +135,8 @@ def test_uvicorn_sigterm_flushes_every_buffered_span(sink, tmp_path):
 
 def test_gunicorn_sigterm_flushes_every_buffered_span(sink, tmp_path):
     port = free_port()
-    env = base_env(sink, free_port(), OTEL_BSP_SCHEDULE_DELAY="600000")
+    env = base_env(sink, free_port(), OTEL_BSP_SCHEDULE_DELAY="600000",
+                   OTEL_BSP_MAX_EXPORT_BATCH_SIZE="2048")  # nothing leaves before the stop
     with running(_flask(port), port, env, tmp_path / "service.log") as service:
         for item in range(25):
             assert service.get(f"/items/{item}")[0] == 200

@@ -288,8 +288,8 @@ def test_recycled_and_killed_workers_stay_counted_and_their_files_go(sink, group
 
 def test_sigterm_to_the_master_flushes_every_workers_buffered_spans(sink, groups_dir, tmp_path):
     port = free_port()
-    # A long schedule delay: nothing is exported before the stop.
-    env = _env(sink, groups_dir, OTEL_BSP_SCHEDULE_DELAY="600000")
+    # A long schedule delay and batches larger than the load: nothing is exported before the stop.
+    env = _env(sink, groups_dir, OTEL_BSP_SCHEDULE_DELAY="600000", OTEL_BSP_MAX_EXPORT_BATCH_SIZE="2048")  # nothing leaves before the stop
     count = 100
     with running(_gunicorn(port, "flask_app:app"), port, env, tmp_path / "service.log",
                  timeout=START_TIMEOUT) as service:
