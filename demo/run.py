@@ -27,6 +27,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from demo.otlp_sink import OtlpSink, ReceivedSpan  # noqa: E402
 from meshlens import catalogue  # noqa: E402
+from meshlens.instruments import EXEMPLAR_TRACE_ID  # noqa: E402
 
 REQUESTS = int(os.environ.get("DEMO_REQUESTS", "300"))
 SERVER, CLIENT = 2, 3
@@ -131,7 +132,7 @@ def red_summary(name: str, metrics_url: str) -> tuple[list[str], tuple[str, floa
         status = sample.labels.get(catalogue.HTTP_RESPONSE_STATUS_CODE, "")
         routes.setdefault(route, {}).setdefault(status, []).append((float(sample.labels["le"]), sample.value))
         if sample.exemplar and (slowest_exemplar is None or sample.exemplar.value > slowest_exemplar[1]):
-            slowest_exemplar = (sample.labels["le"], sample.exemplar.value, sample.exemplar.labels["trace_id"])
+            slowest_exemplar = (sample.labels["le"], sample.exemplar.value, sample.exemplar.labels[EXEMPLAR_TRACE_ID])
     lines = []
     for route, by_status in sorted(routes.items()):
         if route in ("/health", ""):

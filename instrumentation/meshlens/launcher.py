@@ -22,16 +22,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from meshlens import multiprocess
-from meshlens.settings import load_settings
+from meshlens.settings import DEFAULT_METRICS_PORT, load_settings
 
 _BOOTSTRAP = Path(__file__).with_name("_bootstrap")
 PREFORK_SERVERS = ("gunicorn", "uwsgi")
 UWSGI_OPTIONS = ("--enable-threads", "--py-call-uwsgi-fork-hooks")
 
-USAGE = """usage: meshlens-run COMMAND [ARGS...]
+USAGE = f"""usage: meshlens-run COMMAND [ARGS...]
 
 Runs COMMAND with meshlens configured in its Python interpreter(s): traces over OTLP,
-metrics on /metrics (port MESHLENS_METRICS_PORT, default 9464), trace ids in logs.
+metrics on /metrics (port MESHLENS_METRICS_PORT, default {DEFAULT_METRICS_PORT}), trace ids in logs.
 Settings come from the environment: see docs/settings.md.
 """
 

@@ -150,7 +150,8 @@ class Settings:
     )  # fmt: skip
     otlp_endpoint: str = _setting(
         "OTEL_EXPORTER_OTLP_ENDPOINT", _text, "", "Base URL of the collector. For http/protobuf "
-        "`/v1/traces` is appended. Default `http://localhost:4318` (http) or `http://localhost:4317` (grpc)."
+        "`/v1/traces` is appended. Default "
+        f"`{DEFAULT_OTLP_HTTP_ENDPOINT}` (http) or `{DEFAULT_OTLP_GRPC_ENDPOINT}` (grpc)."
     )  # fmt: skip
     otlp_traces_endpoint: str = _setting(
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", _text, "", "Full URL for spans, used as given; "
