@@ -15,6 +15,7 @@ installed but uses none of them in this process).
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import sys
 from collections.abc import Iterable, Mapping
@@ -52,12 +53,29 @@ def _normalize(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
 
 
+def _top_level_modules(dist: metadata.Distribution) -> set[str]:
+    """The importable top-level names a distribution installs: its ``top_level.txt``, or
+    what its file list shows (modern wheels have no ``top_level.txt``; Python 3.10's
+    ``packages_distributions`` reads only that file, hence this)."""
+    listed = (dist.read_text("top_level.txt") or "").split()
+    if listed:
+        return set(listed)
+    names = set()
+    for path in dist.files or ():
+        parts = path.parts
+        name = parts[0] if len(parts) > 1 else inspect.getmodulename(str(path))
+        if name and "." not in name and name != "__pycache__":
+            names.add(name)
+    return names
+
+
 @functools.cache
 def _modules_by_distribution() -> dict[str, frozenset[str]]:
     modules: dict[str, set[str]] = {}
-    for module, distributions in metadata.packages_distributions().items():
-        for distribution in distributions:
-            modules.setdefault(_normalize(distribution), set()).add(module)
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            modules.setdefault(_normalize(name), set()).update(_top_level_modules(dist))
     return {name: frozenset(found) for name, found in modules.items()}
 
 

@@ -354,7 +354,13 @@ def flush_and_shutdown(
             done.set()
 
     thread = threading.Thread(target=run, name="meshlens-flush", daemon=True)
-    thread.start()
+    try:
+        thread.start()
+    except RuntimeError:
+        # Python 3.12+ starts no thread once the interpreter is finalising (atexit):
+        # flush inline; the queue is bounded, and force_flush honours the deadline.
+        run()
+        return
     if done.wait(timeout_s):
         return
     left = processor.queued() if processor is not None else 0
