@@ -33,10 +33,28 @@ test: setup ## Lint, check generated docs, run every test (unit and over the wir
 	$(PYTHON) -m meshlens.docs --check
 	$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+# The other supported Pythons: the unit, HTTP and export tests in a venv each (CI runs 3.11).
+PYTHONS ?= 3.10 3.12 3.13
+PORTABLE_TESTS := tests/test_settings.py tests/test_catalogue.py tests/test_instruments.py tests/test_tracing_unit.py \
+	tests/test_logs.py tests/test_multiprocess_unit.py tests/test_configure.py tests/test_fork_safety.py \
+	tests/test_http_services.py tests/test_export.py
+
+test-pythons: tools ## The portable tests on Python 3.10, 3.12 and 3.13 (those found on this machine)
+	@for v in $(PYTHONS); do \
+	  py=""; for candidate in python$$v $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$$v*/bin/python$$v 2>/dev/null); do \
+	    if $$candidate -c '' 2>/dev/null; then py=$$candidate; break; fi; done; \
+	  test -n "$$py" || { echo "python$$v not found: skipped"; continue; }; \
+	  echo "== Python $$v"; \
+	  test -x .venv-$$v/bin/python || $$py -m venv .venv-$$v; \
+	  .venv-$$v/bin/python -m pip install --quiet -e '.[all]' pytest pytest-timeout flask django fastapi \
+	    uvicorn gunicorn requests httpx || exit 1; \
+	  PATH=$$PWD/.venv-$$v/bin:$$PATH .venv-$$v/bin/python -m pytest -q -p no:cacheprovider $(PORTABLE_TESTS) || exit 1; \
+	done
+
 bench: setup ## Overhead benchmark: uninstrumented vs meshlens vs opentelemetry-instrument (takes minutes)
 	$(PYTHON) benchmarks/overhead/run.py $(BENCH_ARGS)
 
 demo: setup ## A sample service with the import line: requests, its trace and its metrics
 	$(PYTHON) demo/run.py
 
-.PHONY: help setup tools lint docs test bench demo
+.PHONY: help setup tools lint docs test test-pythons bench demo
