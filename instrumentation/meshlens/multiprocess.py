@@ -418,14 +418,19 @@ def _check_uwsgi(group: Group, uwsgi: ModuleType) -> None:
 
 
 @contextlib.contextmanager
-def serving_lock(directory: Path) -> Iterator[None]:
-    """Serialises the members deciding whether to join the group's listening port."""
-    fd = os.open(directory / _SERVE_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+def _locked(path: Path, mode: int) -> Iterator[None]:
+    """Holds an flock on ``path`` (created if missing) for the block."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, mode)
         yield
     finally:
-        os.close(fd)
+        os.close(fd)  # releases the lock
+
+
+def serving_lock(directory: Path) -> contextlib.AbstractContextManager[None]:
+    """Serialises the members deciding whether to join the group's listening port."""
+    return _locked(directory / _SERVE_LOCK_FILE, fcntl.LOCK_EX)
 
 
 def serving_members(directory: Path, port: int) -> list[int]:
@@ -677,14 +682,8 @@ class GroupCollector(Collector):
         self._lock_path = directory / _LOCK_FILE
         self._missing_logged = False
 
-    @contextlib.contextmanager
-    def _flock(self, mode: int) -> Iterator[None]:
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, mode)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
+    def _flock(self, mode: int) -> contextlib.AbstractContextManager[None]:
+        return _locked(self._lock_path, mode)
 
     def _pid_files(self) -> dict[int, list[str]]:
         """Files of each pid that reaping acts on (not the per-process gauges that
