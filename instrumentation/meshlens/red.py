@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind, StatusCode
 
 from meshlens import catalogue
@@ -83,10 +83,15 @@ def _error_type(span: ReadableSpan) -> str:
         return str(value)
     if span.status.status_code is not StatusCode.ERROR:
         return ""
-    for event in span.events:
-        if event.name == _EXCEPTION and event.attributes:
-            return str(event.attributes.get(_EXCEPTION_TYPE, _OTHER_ERROR))
+    event = _exception_event(span)
+    if event is not None and event.attributes:
+        return str(event.attributes.get(_EXCEPTION_TYPE, _OTHER_ERROR))
     return _OTHER_ERROR
+
+
+def _exception_event(span: ReadableSpan) -> Event | None:
+    """The first exception the span recorded."""
+    return next((event for event in span.events if event.name == _EXCEPTION), None)
 
 
 def _method(attributes: Mapping[str, Any]) -> str | None:
@@ -119,10 +124,6 @@ def _db_operation(span: ReadableSpan, attributes: Mapping[str, Any], system: str
     if system in _UPPERCASE_OPERATIONS:
         operation = operation.upper()
     return operation[:_MAX_OPERATION_LENGTH]
-
-
-def _raised(span: ReadableSpan) -> bool:
-    return any(event.name == "exception" for event in span.events)
 
 
 def _url_host(url: Any) -> str:
@@ -215,7 +216,7 @@ class RedMetricsProcessor(SpanProcessor):
                 self._server_duration.observe(labels, duration, trace_id, span_id)
             elif _first(attributes, _RPC_SYSTEM) is not None:
                 labels = self._rpc_labels(attributes)
-                if labels[3] == _GRPC_OK and span.events and _raised(span):
+                if labels[3] == _GRPC_OK and span.events and _exception_event(span) is not None:
                     # grpcio's server instrumentation records an exception that escaped the
                     # handler, but keeps the OK it set when the call began; the client
                     # received UNKNOWN.
