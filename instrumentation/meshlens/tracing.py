@@ -83,9 +83,6 @@ class CachedHashResource(Resource):
             self._hash = super().__hash__()
         return self._hash
 
-    def __eq__(self, other: object) -> bool:
-        return super().__eq__(other)
-
     def merge(self, other: Resource) -> CachedHashResource:
         merged = super().merge(other)
         return CachedHashResource(merged.attributes, merged.schema_url)
