@@ -4,6 +4,9 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
+# Every folder of Python the project owns, written once for lint and test.
+LINT_PATHS := instrumentation bundle dashboards alerts collector tests benchmarks demo
+
 .DEFAULT_GOAL := help
 
 help: ## Show the targets
@@ -23,13 +26,13 @@ tools: ## Install Prometheus/promtool and wrk from the system's packages when mi
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus wrk >/dev/null; }
 
 lint: $(STAMP) ## ruff
-	$(VENV)/bin/ruff check instrumentation tests benchmarks demo
+	$(VENV)/bin/ruff check $(LINT_PATHS)
 
 docs: $(STAMP) ## Regenerate the generated docs (settings and metrics tables)
 	$(PYTHON) -m meshlens.docs --write
 
 test: setup ## Lint, check generated docs, run every test (unit and over the wire)
-	$(VENV)/bin/ruff check instrumentation tests benchmarks demo
+	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(PYTHON) -m meshlens.docs --check
 	$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
