@@ -198,10 +198,11 @@ def build_exporter(settings: Settings) -> SpanExporter | None:
             compression=compression,
         )
     from opentelemetry.exporter.otlp.proto.http import Compression
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    from meshlens.otlp import FastOTLPSpanExporter
 
     compression_ = Compression.Gzip if settings.otlp_compression == "gzip" else Compression.NoCompression
-    return OTLPSpanExporter(endpoint=endpoint, headers=headers, timeout=timeout, compression=compression_)
+    return FastOTLPSpanExporter(endpoint=endpoint, headers=headers, timeout=timeout, compression=compression_)
 
 
 class _FirstReason(logging.Filter):
