@@ -208,3 +208,23 @@ def test_framework_apps_get_exactly_one_server_span(flavour, sink, tmp_path):
         trace_id = next(s for s in spans if s.attributes.get("http.route") == route).trace_id
         in_trace = [s for s in sink.snapshot() if s.trace_id == trace_id]
     assert [s.kind for s in in_trace] == [SERVER_KIND], [(s.name, s.kind) for s in in_trace]
+
+
+@pytest.mark.parametrize("flavour", ["flask", "fastapi"])
+def test_contrib_server_spans_when_asked(flavour, sink, tmp_path):
+    """MESHLENS_HTTP_SERVER_SPANS=contrib: the contrib instrumentation (FastAPI's native
+    telemetry where FastAPI has it) traces requests instead of meshlens's middleware, once."""
+    argv, route = FLAVOURS[flavour]
+    port = free_port()
+    env = base_env(sink, free_port(), MESHLENS_HTTP_SERVER_SPANS="contrib")
+    with running(argv(port), port, env, tmp_path / "service.log") as service:
+        status, body, _ = service.get("/items/42", {"traceparent": f"00-{PARENT_TRACE}-{PARENT_SPAN}-01"})
+        assert status == 200, body
+        spans = sink.wait_trace(PARENT_TRACE, lambda s: any(x.kind == SERVER_KIND for x in s))
+        time.sleep(0.5)  # a second server span would arrive in the same batch or the next
+        server_spans = [s for s in sink.snapshot() if s.trace_id == PARENT_TRACE and s.kind == SERVER_KIND]
+        assert len(server_spans) == 1, [(s.name, s.scope) for s in server_spans]
+        assert server_spans[0].attributes.get("http.route") == route
+        assert server_spans[0].scope != "meshlens.http.server", spans
+        assert sample_value(service.metrics(), "http_server_request_duration_seconds_count",
+                            http_route=route, http_response_status_code="200") == 1

@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.util._importlib_metadata import entry_points
 from prometheus_client import CollectorRegistry
 
-from meshlens import catalogue, libraries, logs, multiprocess, servers
+from meshlens import catalogue, httpserver, libraries, logs, multiprocess, servers
 from meshlens._version import __version__
 from meshlens.exposition import ApplicationMetrics, BeforeScrape, MetricsServer
 from meshlens.instruments import Instruments
@@ -137,7 +137,8 @@ def _start(settings: Settings) -> Runtime:
     os.environ.setdefault(*SEMCONV_OPT_IN)
     runtime_metrics = RuntimeMetrics(instruments) if settings.runtime_metrics else None
     loop_monitor = EventLoopLagMonitor(instruments) if settings.runtime_metrics else None
-    red = RedMetricsProcessor(instruments, loop_monitor.watch_current_loop if loop_monitor else None)
+    on_request = loop_monitor.watch_current_loop if loop_monitor else None
+    red = RedMetricsProcessor(instruments, on_request, frozenset({httpserver.SCOPE_NAME}))
     tracer_provider, span_processor = build_tracer_provider(
         settings, build_resource(settings), instruments, red
     )
@@ -181,15 +182,27 @@ def _start(settings: Settings) -> Runtime:
         metrics_server=server,
         runtime_metrics=runtime_metrics,
     )
-    asgi_options: dict[str, object] = {}
+    asgi_options: dict[str, Any] = {}
     if not settings.framework_internal_spans:
         asgi_options["exclude_spans"] = ["receive", "send"]
+    disabled = set(settings.disabled_instrumentations)
+    replaced: dict[str, str] = {}
+    if settings.http_server_spans == "meshlens":
+        telemetry = httpserver.HttpServerTelemetry(
+            tracer_provider, instruments, on_request, httpserver.url_matcher(settings.excluded_urls)
+        )
+        frameworks = [name for name in httpserver.FRAMEWORKS if not {"*", name} & disabled]
+        httpserver.hook_frameworks(telemetry, frameworks, libraries.fastapi_traces_itself())
+        replaced = {name: "meshlens's HTTP server middleware" for name in frameworks}
+        wrapper = servers.meshlens_wrapper(telemetry)
+    else:
+        wrapper = servers.contrib_wrapper(tracer_provider, asgi_options)
     runtime.instrumented = libraries.instrument_installed(
         tracer_provider, settings.disabled_instrumentations, {"fastapi": asgi_options},
-        framework_internal_spans=settings.framework_internal_spans,
+        framework_internal_spans=settings.framework_internal_spans, replaced=replaced,
     )
-    if not {"*", "wsgi", "asgi"} & set(settings.disabled_instrumentations):
-        servers.hook_servers(tracer_provider, asgi_options)
+    if not {"*", "wsgi", "asgi"} & disabled:
+        servers.hook_servers(wrapper)
     atexit.register(runtime.shutdown)
     _install_sigterm_flush(runtime)
     return runtime

@@ -149,8 +149,14 @@ def instrument_installed(
     disabled: Iterable[str] = (),
     options: Mapping[str, Mapping[str, object]] | None = None,
     framework_internal_spans: bool = False,
+    replaced: Mapping[str, str] | None = None,
 ) -> list[Outcome]:
-    """Instruments each installed library; returns what happened to each candidate."""
+    """Instruments each installed library; returns what happened to each candidate.
+
+    ``replaced``: entry-point names that meshlens instruments itself, with how (they are
+    left alone here).
+    """
+    replaced = replaced or {}
     disabled = set(disabled)
     outcomes: list[Outcome] = []
     if "*" in disabled:
@@ -167,6 +173,9 @@ def instrument_installed(
         seen.add(name)
         if name in disabled:
             outcomes.append(Outcome(name, False, "disabled by OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"))
+            continue
+        if name in replaced:
+            outcomes.append(Outcome(name, True, replaced[name]))
             continue
         if name == "fastapi" and native_fastapi:
             after_import("fastapi.applications",

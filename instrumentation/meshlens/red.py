@@ -164,7 +164,10 @@ class RedMetricsProcessor(SpanProcessor):
         self,
         instruments: Instruments,
         on_server_start: Callable[[], None] | None = None,
+        self_measured_scopes: frozenset[str] = frozenset(),
     ) -> None:
+        """``self_measured_scopes``: instrumentation scopes whose server spans are measured
+        where they are made (meshlens's HTTP server middlewares); skipped here."""
         self._server_duration = instruments[catalogue.HTTP_SERVER_REQUEST_DURATION]
         self._active = instruments[catalogue.HTTP_SERVER_ACTIVE_REQUESTS]
         self._client_duration = instruments[catalogue.HTTP_CLIENT_REQUEST_DURATION]
@@ -173,6 +176,7 @@ class RedMetricsProcessor(SpanProcessor):
         self._rpc_client = instruments[catalogue.RPC_CLIENT_DURATION]
         self._on_server_start = on_server_start
         self._sqlalchemy_statements: set[int] = set()
+        self._self_measured = self_measured_scopes
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         if span.kind is SpanKind.CLIENT:
@@ -184,7 +188,7 @@ class RedMetricsProcessor(SpanProcessor):
                 self._sqlalchemy_statements.add(span_id)
                 _enclosing_statement.set(span_id)
             return
-        if span.kind is not SpanKind.SERVER:
+        if span.kind is not SpanKind.SERVER or self._measured_elsewhere(span):
             return
         if self._on_server_start is not None:
             self._on_server_start()
@@ -194,10 +198,12 @@ class RedMetricsProcessor(SpanProcessor):
             self._active.labels(method, _text(_first(attributes, _SCHEME))).inc()
 
     def on_end(self, span: ReadableSpan) -> None:
-        if span.end_time is None or span.start_time is None:
+        kind = span.kind
+        if span.end_time is None or span.start_time is None or kind is SpanKind.INTERNAL:
+            return
+        if kind is SpanKind.SERVER and self._measured_elsewhere(span):
             return
         attributes = span.attributes or {}
-        kind = span.kind
         duration = (span.end_time - span.start_time) / 1e9
         context = span.context
         sampled = context.trace_flags.sampled
@@ -240,6 +246,10 @@ class RedMetricsProcessor(SpanProcessor):
                 self._client_duration.observe(labels, duration, trace_id, span_id)
             elif _first(attributes, _RPC_SYSTEM) is not None:
                 self._rpc_client.observe(self._rpc_labels(attributes), duration, trace_id, span_id)
+
+    def _measured_elsewhere(self, span: ReadableSpan) -> bool:
+        scope = span.instrumentation_scope
+        return scope is not None and scope.name in self._self_measured
 
     def _counted_elsewhere(self, span: ReadableSpan) -> bool:
         """A database span that is not an operation of its own: SQLAlchemy's

@@ -1,8 +1,9 @@
 """Plain WSGI and ASGI apps served by gunicorn or uvicorn, with no framework to instrument.
 
-The contrib instrumentations patch frameworks (Flask, Django, FastAPI, ...). An app
-that is a bare WSGI or ASGI callable has no framework to patch, so meshlens wraps
-it in the contrib WSGI or ASGI middleware when the server hands it to its worker.
+Framework apps are traced by their framework's instrumentation (Flask, Django,
+FastAPI, ...). An app that is a bare WSGI or ASGI callable has no framework to patch,
+so meshlens wraps it in its own WSGI or ASGI middleware (:mod:`meshlens.httpserver`), or the contrib one
+when asked, when the server hands it to its worker.
 
 The import line runs while the server is loading the app, so the app object does
 not exist yet. meshlens therefore intercepts the attribute the server stores the
@@ -23,6 +24,7 @@ from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.trace import TracerProvider
 
 from meshlens._hooks import after_import
+from meshlens.httpserver import HttpServerTelemetry
 
 _logger = logging.getLogger("meshlens")
 
@@ -48,27 +50,50 @@ def is_asgi(app: Any) -> bool:
     return inspect.iscoroutinefunction(call)
 
 
-def wrap(app: Any, tracer_provider: TracerProvider, asgi_options: dict[str, Any]) -> Any:
-    """The app in the contrib WSGI or ASGI middleware; unchanged if a framework traces it."""
+AppWrapper = Callable[[Any], Any]
+"""Takes a bare WSGI or ASGI app, returns it traced."""
+
+
+def wrap(app: Any, wrapper: AppWrapper) -> Any:
+    """The app, traced by ``wrapper``; unchanged if a framework traces it."""
     if app is None or _framework_app(app):
         return app
-    try:
-        if is_asgi(app):
-            from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware as AsgiMiddleware
+    wrapped = wrapper(app)
+    if wrapped is not app:
+        setattr(wrapped, _WRAPPED, True)
+    return wrapped
 
-            wrapped: Any = AsgiMiddleware(
-                app, tracer_provider=tracer_provider, meter_provider=NoOpMeterProvider(), **asgi_options
-            )
-        else:
+
+def meshlens_wrapper(telemetry: HttpServerTelemetry) -> AppWrapper:
+    """meshlens's own middlewares (:mod:`meshlens.httpserver`)."""
+
+    def wrapper(app: Any) -> Any:
+        return telemetry.asgi(app) if is_asgi(app) else telemetry.wsgi(app)
+
+    return wrapper
+
+
+def contrib_wrapper(tracer_provider: TracerProvider, asgi_options: dict[str, Any]) -> AppWrapper:
+    """The contrib WSGI and ASGI middlewares (``MESHLENS_HTTP_SERVER_SPANS=contrib``)."""
+
+    def wrapper(app: Any) -> Any:
+        try:
+            if is_asgi(app):
+                from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware as AsgiMiddleware
+
+                return AsgiMiddleware(
+                    app, tracer_provider=tracer_provider, meter_provider=NoOpMeterProvider(), **asgi_options
+                )
             from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware as WsgiMiddleware
 
-            wrapped = WsgiMiddleware(app, tracer_provider=tracer_provider, meter_provider=NoOpMeterProvider())
-    except ImportError as exc:
-        _logger.warning("meshlens: %s is needed to trace a plain %s app (pip install 'meshlens[%s]')",
-                        exc.name, "ASGI" if is_asgi(app) else "WSGI", "asgi" if is_asgi(app) else "wsgi")
-        return app
-    setattr(wrapped, _WRAPPED, True)
-    return wrapped
+            return WsgiMiddleware(app, tracer_provider=tracer_provider, meter_provider=NoOpMeterProvider())
+        except ImportError as exc:
+            kind = "asgi" if is_asgi(app) else "wsgi"
+            _logger.warning("meshlens: %s is needed to trace a plain %s app (pip install 'meshlens[%s]')",
+                            exc.name, kind.upper(), kind)
+            return app
+
+    return wrapper
 
 
 def _intercept(cls: type, attribute: str, transform: Callable[[Any, Any], Any]) -> None:
@@ -90,18 +115,18 @@ def _intercept(cls: type, attribute: str, transform: Callable[[Any, Any], Any]) 
     setattr(cls, attribute, property(get, set_))
 
 
-def _hook_gunicorn(module: ModuleType, tracer_provider: TracerProvider, asgi_options: dict[str, Any]) -> None:
-    _intercept(module.Worker, "wsgi", lambda _worker, app: wrap(app, tracer_provider, asgi_options))
+def _hook_gunicorn(module: ModuleType, wrapper: AppWrapper) -> None:
+    _intercept(module.Worker, "wsgi", lambda _worker, app: wrap(app, wrapper))
 
 
-def _hook_uvicorn(module: ModuleType, tracer_provider: TracerProvider, asgi_options: dict[str, Any]) -> None:
+def _hook_uvicorn(module: ModuleType, wrapper: AppWrapper) -> None:
     def first_app_only(config: Any, app: Any) -> Any:
         # Config.load stores the imported app first, then the server's own middlewares
         # around it: wrap the first value only, and never an app factory.
         if config.__dict__.get("_meshlens_seen") or getattr(config, "factory", False):
             return app
         config.__dict__["_meshlens_seen"] = True
-        return wrap(app, tracer_provider, asgi_options)
+        return wrap(app, wrapper)
 
     _intercept(module.Config, "loaded_app", first_app_only)
 
@@ -109,8 +134,8 @@ def _hook_uvicorn(module: ModuleType, tracer_provider: TracerProvider, asgi_opti
 SERVER_MODULES = {"gunicorn.workers.base": _hook_gunicorn, "uvicorn.config": _hook_uvicorn}
 
 
-def hook_servers(tracer_provider: TracerProvider, asgi_options: dict[str, Any]) -> None:
+def hook_servers(wrapper: AppWrapper) -> None:
     """Intercepts the app of gunicorn and uvicorn, now if imported, else when they are
     (``meshlens-run`` configures meshlens before the server is imported)."""
     for name, hook in SERVER_MODULES.items():
-        after_import(name, functools.partial(hook, tracer_provider=tracer_provider, asgi_options=asgi_options))
+        after_import(name, functools.partial(hook, wrapper=wrapper))

@@ -182,9 +182,9 @@ class Settings:
         "past it spans are dropped and counted in `meshlens_spans_dropped_total{reason=\"queue_full\"}`."
     )  # fmt: skip
     span_batch_size: int = _setting(
-        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", _int_in(1, 1_000_000), 64, "Spans per export request. meshlens "
-        "defaults to 64, not the SDK's 512: encoding a batch holds the interpreter lock, and 512 spans at "
-        "once stall the requests running meanwhile (p99 about twice as high in the overhead benchmark)."
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", _int_in(1, 1_000_000), 256, "Spans per export request. meshlens "
+        "defaults to 256, not the SDK's 512: sending a batch holds the interpreter lock, and requests "
+        "running meanwhile wait; spans are encoded as they end, so a batch is cheap to send."
     )  # fmt: skip
     span_schedule_delay_ms: int = _setting(
         "OTEL_BSP_SCHEDULE_DELAY", _int_in(1, 3_600_000), 5000, "Milliseconds between exports."
@@ -202,6 +202,17 @@ class Settings:
         "ASGI frameworks: the ASGI middleware's `http send`/`http receive` spans and FastAPI's native "
         "operation spans (dependencies, endpoint, serialization). Several extra spans per request, off "
         "by default for their cost."
+    )  # fmt: skip
+    http_server_spans: str = _setting(
+        "MESHLENS_HTTP_SERVER_SPANS", _one_of("meshlens", "contrib"), "meshlens", "Who traces incoming HTTP "
+        "requests of Flask, FastAPI/Starlette and bare WSGI/ASGI apps: `meshlens`, its lean middlewares "
+        "(a fraction of the cost, see benchmarks/), or `contrib`, OpenTelemetry's contrib instrumentations "
+        "(for their request/response hooks and captured headers). Django and aiohttp always use contrib."
+    )  # fmt: skip
+    excluded_urls: tuple[str, ...] = _setting(
+        "OTEL_PYTHON_EXCLUDED_URLS", _csv, (), "Incoming URLs that get no span and no metric: regular "
+        "expressions, comma-separated, searched in the full URL (`healthz,/ready$`), as the contrib "
+        "instrumentations read the variable."
     )  # fmt: skip
     metrics_port: int = _setting(
         "MESHLENS_METRICS_PORT", _int_in(0, 65535), DEFAULT_METRICS_PORT, "Port of the `/metrics` "

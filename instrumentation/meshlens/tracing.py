@@ -15,6 +15,7 @@ from __future__ import annotations
 # set-up (`gunicorn --preload`, `meshlens-run gunicorn`, Celery's pool) hangs on that
 # lock for ever.
 import concurrent.futures.thread  # noqa: F401
+import contextvars
 import logging
 import os
 import sys
@@ -48,6 +49,7 @@ from opentelemetry.util.types import Attributes
 from meshlens import catalogue
 from meshlens._version import __version__
 from meshlens.instruments import Instruments
+from meshlens.otlp import EncodedSpan
 from meshlens.settings import DEFAULT_OTLP_GRPC_ENDPOINT, DEFAULT_OTLP_HTTP_ENDPOINT, Settings
 
 _logger = logging.getLogger("meshlens")
@@ -111,12 +113,21 @@ def build_resource(settings: Settings, env: Mapping[str, str] | None = None) -> 
     return CachedHashResource(attributes)
 
 
+CALLER_RECORDS_METRICS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "meshlens_caller_records_metrics", default=False
+)
+"""Set while a span is started by code that records its metrics itself (meshlens's HTTP
+server middlewares): an unsampled span then need not be recorded at all."""
+
+
 class RecordUnsampled(Sampler):
     """Turns the delegate's DROP into RECORD_ONLY.
 
     Unsampled spans are then still seen by the span processors, so every request
     counts in the RED metrics; they are never exported, and the trace flags sent
-    downstream still say "not sampled".
+    downstream still say "not sampled". Where the caller records the metrics itself
+    (:data:`CALLER_RECORDS_METRICS`), DROP stays DROP: a non-recording span costs
+    a fraction of a recording one.
     """
 
     def __init__(self, delegate: Sampler) -> None:
@@ -135,7 +146,7 @@ class RecordUnsampled(Sampler):
         result = self._delegate.should_sample(
             parent_context, trace_id, name, kind, attributes, links, trace_state
         )
-        if result.decision is Decision.DROP:
+        if result.decision is Decision.DROP and not CALLER_RECORDS_METRICS.get():
             # The SDK gives a span the attributes of its sampling result, not the ones it
             # was started with: a DROP result carries none, so pass the originals on.
             return SamplingResult(Decision.RECORD_ONLY, attributes, result.trace_state)
@@ -231,6 +242,7 @@ class ObservedExporter(SpanExporter):
 
     def __init__(self, delegate: SpanExporter, instruments: Instruments, endpoint: str) -> None:
         self._delegate = delegate
+        self.accepts_encoded_spans: bool = getattr(delegate, "accepts_encoded_spans", False)
         self._endpoint = endpoint
         self._exported = instruments[catalogue.MESHLENS_SPANS_EXPORTED].labels()
         self._dropped = instruments[catalogue.MESHLENS_SPANS_DROPPED].labels("export_failed")
@@ -279,7 +291,8 @@ class ObservedExporter(SpanExporter):
 
 
 class CountedBatchSpanProcessor(BatchSpanProcessor):
-    """The SDK's batch processor, with spans lost to a full queue counted."""
+    """The SDK's batch processor, with spans lost to a full queue counted, and spans encoded
+    as they end when the exporter takes encoded spans (:class:`meshlens.otlp.EncodedSpan`)."""
 
     def __init__(self, exporter: SpanExporter, settings: Settings, instruments: Instruments) -> None:
         super().__init__(
@@ -294,8 +307,11 @@ class CountedBatchSpanProcessor(BatchSpanProcessor):
         self._shutdown_drops = instruments[catalogue.MESHLENS_SPANS_DROPPED].labels("shutdown")
         self._queue_size = instruments[catalogue.MESHLENS_SPAN_QUEUE_SIZE].labels()
         instruments[catalogue.MESHLENS_SPAN_QUEUE_CAPACITY].labels().set(self._capacity)
-        # The SDK's deque; when it is full, appending silently drops the oldest span.
-        self._queue: Any = getattr(getattr(self, "_batch_processor", None), "_queue", None)
+        # The SDK's queue (a deque; when full, appending silently drops the oldest span) and
+        # its entry point, which takes whatever the exporter accepts.
+        batch = getattr(self, "_batch_processor", None)
+        self._queue: Any = getattr(batch, "_queue", None)
+        self._emit: Any = getattr(batch, "emit", None) if getattr(exporter, "accepts_encoded_spans", False) else None
 
     def on_end(self, span: ReadableSpan) -> None:
         queue = self._queue
@@ -304,7 +320,16 @@ class CountedBatchSpanProcessor(BatchSpanProcessor):
             # one and log a warning from the request's thread for every span.
             self._queue_full.inc()
             return
-        super().on_end(span)
+        emit = self._emit
+        if emit is None or not span.context.trace_flags.sampled:
+            super().on_end(span)
+            return
+        try:
+            item: Any = EncodedSpan(span)
+        except Exception:  # never lose the span over its encoding: the exporter encodes it again
+            _logger.debug("meshlens: could not encode a span ahead of export", exc_info=True)
+            item = span
+        emit(item)
 
     def queued(self) -> int:
         return len(self._queue) if self._queue is not None else 0
