@@ -35,6 +35,7 @@ docs: $(STAMP) ## Regenerate the generated docs (settings and metrics tables)
 test: setup ## Lint, check generated docs, run every test (unit and over the wire)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(PYTHON) -m meshlens.docs --check
+	$(VENV)/bin/meshlens build --check
 	$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 # The other supported Pythons: the unit, HTTP and export tests in a venv each (CI runs 3.11).
@@ -55,10 +56,14 @@ test-pythons: tools ## The portable tests on Python 3.10, 3.12 and 3.13 (those f
 	  PATH=$$PWD/.venv-$$v/bin:$$PATH .venv-$$v/bin/python -m pytest -q -p no:cacheprovider $(PORTABLE_TESTS) || exit 1; \
 	done
 
+bundle: $(STAMP) ## Regenerate dashboards, rules, promtool tests and collector config into the chart
+	$(VENV)/bin/meshlens build
+	$(PYTHON) helm/render_examples.py
+
 bench: setup ## Overhead benchmark: uninstrumented vs meshlens vs opentelemetry-instrument (takes minutes)
 	$(PYTHON) benchmarks/overhead/run.py $(BENCH_ARGS)
 
 demo: setup ## A sample service with the import line: requests, its trace and its metrics
 	$(PYTHON) demo/run.py
 
-.PHONY: help setup tools lint docs test test-pythons bench demo
+.PHONY: help setup tools lint docs test test-pythons bundle bench demo

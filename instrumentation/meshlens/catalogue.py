@@ -115,6 +115,25 @@ SIGNAL = "signal"
 VERSION = "version"
 MULTIPROCESS = "multiprocess"
 
+# Messaging (Kafka client) and connection-pool label names, per the semantic conventions.
+MESSAGING_SYSTEM = "messaging_system"
+MESSAGING_DESTINATION_NAME = "messaging_destination_name"
+MESSAGING_CONSUMER_GROUP_NAME = "messaging_consumer_group_name"
+DB_CLIENT_CONNECTION_POOL_NAME = "db_client_connection_pool_name"
+DB_CLIENT_CONNECTION_STATE = "db_client_connection_state"
+
+# Target labels: Prometheus adds them to every series at scrape time (from the ServiceMonitor
+# or PodMonitor's Kubernetes service discovery), so no metric declares them, yet every query
+# may filter or group by them. Dashboards' namespace/service variables and the build's
+# validator read them from here.
+NAMESPACE = "namespace"
+POD = "pod"
+SERVICE = "service"
+JOB = "job"
+INSTANCE = "instance"
+CONTAINER = "container"
+TARGET_LABELS: tuple[str, ...] = (JOB, INSTANCE, NAMESPACE, POD, SERVICE, CONTAINER)
+
 
 @dataclass(frozen=True)
 class Catalogue:
@@ -215,6 +234,91 @@ DB_CLIENT_OPERATION_DURATION = MetricSpec(
     semconv="db.client.operation.duration",
 )
 
+# Prometheus reserves the `_count` suffix for histograms and summaries (promtool
+# rejects a gauge named so), hence `..._connections`, `process_threads` and
+# `process_open_file_descriptors` instead of the plain translation of `*.count`.
+_COUNT_SUFFIX = "Prometheus reserves `_count` for histograms and summaries (promtool check metrics)."
+
+# --- Declared ahead of the runtime -----------------------------------------
+# The dashboards (Kafka, databases) and alerts read these, named per the semantic
+# conventions; the runtime does not record them yet. Who will:
+#   messaging_*: the Kafka instrumentation (confluent-kafka, kafka-python, aiokafka wrappers
+#     in meshlens.red), one observation per message produced, consumed and processed;
+#   db_client_connection*: a SQLAlchemy pool-events listener (connect/checkout/checkin/
+#     close, pool timeouts) next to the SQLAlchemy instrumentation.
+# Until then these families are declared (so queries validate) but carry no series.
+
+MESSAGING_CLIENT_SENT_MESSAGES = MetricSpec(
+    name="messaging_client_sent_messages_total",
+    kind=Kind.COUNTER,
+    unit="{message}",
+    help="Messages a producer handed to the broker (Kafka); error_type is set when the send failed.",
+    labels=(MESSAGING_SYSTEM, MESSAGING_DESTINATION_NAME, ERROR_TYPE),
+    semconv="messaging.client.sent.messages",
+)
+MESSAGING_CLIENT_CONSUMED_MESSAGES = MetricSpec(
+    name="messaging_client_consumed_messages_total",
+    kind=Kind.COUNTER,
+    unit="{message}",
+    help="Messages a consumer received from the broker (Kafka).",
+    labels=(MESSAGING_SYSTEM, MESSAGING_DESTINATION_NAME, MESSAGING_CONSUMER_GROUP_NAME, ERROR_TYPE),
+    semconv="messaging.client.consumed.messages",
+)
+MESSAGING_PROCESS_DURATION = MetricSpec(
+    name="messaging_process_duration_seconds",
+    kind=Kind.HISTOGRAM,
+    unit="s",
+    help="Time the service spent processing one consumed message; error_type is set when processing failed.",
+    labels=(MESSAGING_SYSTEM, MESSAGING_DESTINATION_NAME, MESSAGING_CONSUMER_GROUP_NAME, ERROR_TYPE),
+    buckets=DURATION_BUCKETS,
+    semconv="messaging.process.duration",
+)
+DB_CLIENT_CONNECTION_COUNT = MetricSpec(
+    name="db_client_connections",
+    kind=Kind.GAUGE,
+    unit="{connection}",
+    help="Connections of a client pool (SQLAlchemy), by state (idle, used); summed over pre-fork workers.",
+    labels=(DB_CLIENT_CONNECTION_POOL_NAME, DB_CLIENT_CONNECTION_STATE),
+    semconv="db.client.connection.count",
+    deviation=_COUNT_SUFFIX,
+    multiprocess_mode="livesum",
+)
+DB_CLIENT_CONNECTION_MAX = MetricSpec(
+    name="db_client_connection_max",
+    kind=Kind.GAUGE,
+    unit="{connection}",
+    help="Most connections a client pool may open (pool size plus overflow); summed over pre-fork workers.",
+    labels=(DB_CLIENT_CONNECTION_POOL_NAME,),
+    semconv="db.client.connection.max",
+    multiprocess_mode="livesum",
+)
+DB_CLIENT_CONNECTION_PENDING_REQUESTS = MetricSpec(
+    name="db_client_connection_pending_requests",
+    kind=Kind.GAUGE,
+    unit="{request}",
+    help="Callers waiting for a connection from a client pool.",
+    labels=(DB_CLIENT_CONNECTION_POOL_NAME,),
+    semconv="db.client.connection.pending_requests",
+    multiprocess_mode="livesum",
+)
+DB_CLIENT_CONNECTION_WAIT_TIME = MetricSpec(
+    name="db_client_connection_wait_time_seconds",
+    kind=Kind.HISTOGRAM,
+    unit="s",
+    help="Time a caller waited to check a connection out of a client pool.",
+    labels=(DB_CLIENT_CONNECTION_POOL_NAME,),
+    buckets=DB_DURATION_BUCKETS,
+    semconv="db.client.connection.wait_time",
+)
+DB_CLIENT_CONNECTION_TIMEOUTS = MetricSpec(
+    name="db_client_connection_timeouts_total",
+    kind=Kind.COUNTER,
+    unit="{timeout}",
+    help="Checkouts that gave up waiting for a pool connection.",
+    labels=(DB_CLIENT_CONNECTION_POOL_NAME,),
+    semconv="db.client.connection.timeouts",
+)
+
 # --- Python runtime --------------------------------------------------------
 
 PROCESS_CPU_TIME = MetricSpec(
@@ -239,9 +343,6 @@ PROCESS_MEMORY_VIRTUAL = MetricSpec(
     help="Virtual memory of the service's processes (summed over pre-fork workers).",
     semconv="process.memory.virtual",
 )
-# Prometheus reserves the `_count` suffix for histograms and summaries (promtool
-# rejects a gauge named so), hence these two names instead of the plain translation.
-_COUNT_SUFFIX = "Prometheus reserves `_count` for histograms and summaries (promtool check metrics)."
 PROCESS_THREAD_COUNT = MetricSpec(
     name="process_threads",
     kind=Kind.GAUGE,
@@ -357,36 +458,56 @@ UP = MetricSpec(
     name="up",
     kind=Kind.GAUGE,
     help="1 when Prometheus scraped the target, 0 when the scrape failed.",
-    labels=("job", "instance", "namespace", "pod", "service"),
+    labels=TARGET_LABELS,
     origin=Origin.PROMETHEUS,
 )
 
+# Labels of the read-only metrics that dashboards and alerts select or group by.
+REPORTER = "reporter"
+SOURCE_WORKLOAD = "source_workload"
+SOURCE_WORKLOAD_NAMESPACE = "source_workload_namespace"
+DESTINATION_WORKLOAD = "destination_workload"
+DESTINATION_WORKLOAD_NAMESPACE = "destination_workload_namespace"
+DESTINATION_SERVICE_NAME = "destination_service_name"
+RESPONSE_CODE = "response_code"
+CONNECTION_SECURITY_POLICY = "connection_security_policy"
+RECEIVER = "receiver"
+TRANSPORT = "transport"
+EXPORTER = "exporter"
+PROCESSOR = "processor"
+DATA_TYPE = "data_type"
+CONSUMERGROUP = "consumergroup"
+TOPIC = "topic"
+PARTITION = "partition"
+HISTOGRAM_BUCKET_LABEL = "le"
+"""The upper bound label of a histogram's ``_bucket`` series (Prometheus's own)."""
+
 _ISTIO_LABELS = (
-    "reporter",
-    "source_workload",
-    "source_workload_namespace",
+    REPORTER,
+    SOURCE_WORKLOAD,
+    SOURCE_WORKLOAD_NAMESPACE,
     "source_principal",
     "source_app",
     "source_version",
     "source_canonical_service",
     "source_canonical_revision",
     "source_cluster",
-    "destination_workload",
-    "destination_workload_namespace",
+    DESTINATION_WORKLOAD,
+    DESTINATION_WORKLOAD_NAMESPACE,
     "destination_principal",
     "destination_app",
     "destination_version",
     "destination_service",
-    "destination_service_name",
+    DESTINATION_SERVICE_NAME,
     "destination_service_namespace",
     "destination_canonical_service",
     "destination_canonical_revision",
     "destination_cluster",
     "request_protocol",
-    "response_code",
+    RESPONSE_CODE,
     "grpc_response_status",
     "response_flags",
-    "connection_security_policy",
+    CONNECTION_SECURITY_POLICY,
 )
 ISTIO_REQUESTS = MetricSpec(
     name="istio_requests_total",
@@ -421,9 +542,9 @@ ISTIO_TCP_RECEIVED_BYTES = MetricSpec(
 )
 
 _OTELCOL_LABELS = ("service_instance_id", "service_name", "service_version")
-_OTELCOL_RECEIVER = (*_OTELCOL_LABELS, "receiver", "transport")
-_OTELCOL_EXPORTER = (*_OTELCOL_LABELS, "exporter")
-_OTELCOL_PROCESSOR = (*_OTELCOL_LABELS, "processor")
+_OTELCOL_RECEIVER = (*_OTELCOL_LABELS, RECEIVER, TRANSPORT)
+_OTELCOL_EXPORTER = (*_OTELCOL_LABELS, EXPORTER)
+_OTELCOL_PROCESSOR = (*_OTELCOL_LABELS, PROCESSOR)
 
 
 def _otelcol(name: str, kind: Kind, help_text: str, labels: tuple[str, ...]) -> MetricSpec:
@@ -460,11 +581,11 @@ OTELCOL_EXPORTER_ENQUEUE_FAILED_SPANS = _otelcol(
 )  # fmt: skip
 OTELCOL_EXPORTER_QUEUE_SIZE = _otelcol(
     "otelcol_exporter_queue_size", Kind.GAUGE,
-    "Batches in an exporter's sending queue.", (*_OTELCOL_EXPORTER, "data_type"),
+    "Batches in an exporter's sending queue.", (*_OTELCOL_EXPORTER, DATA_TYPE),
 )  # fmt: skip
 OTELCOL_EXPORTER_QUEUE_CAPACITY = _otelcol(
     "otelcol_exporter_queue_capacity", Kind.GAUGE,
-    "Capacity of an exporter's sending queue.", (*_OTELCOL_EXPORTER, "data_type"),
+    "Capacity of an exporter's sending queue.", (*_OTELCOL_EXPORTER, DATA_TYPE),
 )  # fmt: skip
 OTELCOL_PROCESS_MEMORY_RSS = _otelcol(
     "otelcol_process_memory_rss_bytes", Kind.GAUGE,
@@ -475,7 +596,7 @@ KAFKA_CONSUMERGROUP_LAG = MetricSpec(
     name="kafka_consumergroup_lag",
     kind=Kind.GAUGE,
     help="Broker-side consumer lag per group, topic and partition (kafka-exporter).",
-    labels=("consumergroup", "topic", "partition"),
+    labels=(CONSUMERGROUP, TOPIC, PARTITION),
     origin=Origin.KAFKA_EXPORTER,
 )
 
