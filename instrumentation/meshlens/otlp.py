@@ -27,7 +27,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.span import TraceState
 
 _logger = logging.getLogger("meshlens")
@@ -40,10 +40,14 @@ _SPAN_FLAGS_IS_REMOTE = 0x200  # SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
 _KIND = {  # SpanKind -> opentelemetry-proto's Span.SpanKind (the API's value + 1)
     SpanKind.INTERNAL: 1, SpanKind.SERVER: 2, SpanKind.CLIENT: 3, SpanKind.PRODUCER: 4, SpanKind.CONSUMER: 5,
 }  # fmt: skip
+_MISSING = object()
 _VARINT_TABLE = tuple(bytes([n]) if n < 0x80 else bytes([(n & 0x7F) | 0x80, n >> 7]) for n in range(1 << 14))
 _pack_fixed64 = struct.Struct("<Q").pack
 _pack_fixed32 = struct.Struct("<I").pack
 _pack_double = struct.Struct("<d").pack
+_KIND_FIELD = {kind: b"\x30" + _VARINT_TABLE[value] for kind, value in _KIND.items()}
+_FLAGS_LOCAL_PARENT = b"\x85\x01" + _pack_fixed32(_SPAN_FLAGS_HAS_IS_REMOTE)  # field 16, fixed32
+_FLAGS_REMOTE_PARENT = b"\x85\x01" + _pack_fixed32(_SPAN_FLAGS_HAS_IS_REMOTE | _SPAN_FLAGS_IS_REMOTE)
 
 # Encoded key-values of string and integer attributes, which repeat from span to span. Bounded: a
 # value with unbounded cardinality (a URL path) passes through, the cache is cleared when
@@ -171,11 +175,69 @@ def _link(link: Link) -> bytes:
     ))  # fmt: skip
 
 
+def _status(status: Status) -> bytes:
+    """The Span.status field; the common ones (unset, ok, error without message) are constants."""
+    if status.description:
+        body = _string(0x12, status.description) + _uint32(0x18, status.status_code.value)
+        return b"\x7a" + _varint(len(body)) + body
+    encoded = _STATUS_WITHOUT_MESSAGE.get(status.status_code)
+    if encoded is None:
+        body = _uint32(0x18, status.status_code.value)
+        encoded = _STATUS_WITHOUT_MESSAGE[status.status_code] = b"\x7a" + _varint(len(body)) + body
+    return encoded
+
+
+_STATUS_WITHOUT_MESSAGE: dict[StatusCode, bytes] = {}
+
+
 def encode_span(span: ReadableSpan) -> bytes:
     """One Span message (without its field header)."""
+    # The SDK's span keeps its fields in attributes that its public properties copy or wrap
+    # (a tuple of the events, a read-only proxy of the attributes) on every read: read them
+    # directly when they are there.
+    raw = getattr(span, "_attributes", _MISSING)
+    if raw is _MISSING:
+        return _encode_span_public(span)
+    context = span._context
+    parent = span._parent
+    parts = [
+        b"\x0a\x10" + context.trace_id.to_bytes(16, "big") + b"\x12\x08" + context.span_id.to_bytes(8, "big"),
+    ]
+    if context.trace_state:
+        parts.append(_string(0x1A, _trace_state(context.trace_state)))
+    if parent is not None:
+        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
+    name = span._name
+    if name:
+        parts.append(_field(0x2A, name.encode("utf-8")))
+    parts.append(_KIND_FIELD[span._kind])
+    if span._start_time:
+        parts.append(b"\x39" + _pack_fixed64(span._start_time))
+    if span._end_time:
+        parts.append(b"\x41" + _pack_fixed64(span._end_time))
+    if raw:
+        parts.append(encode_attributes(0x4A, raw))
+        dropped = getattr(raw, "dropped", 0)
+        if dropped:
+            parts.append(_uint32(0x50, dropped))
+    events = span._events
+    if events:
+        parts.extend(_field(0x5A, _event(event)) for event in events)
+        parts.append(_uint32(0x60, getattr(events, "dropped", 0)))
+    links = span._links
+    if links:
+        parts.extend(_field(0x6A, _link(link)) for link in links)
+        parts.append(_uint32(0x70, getattr(links, "dropped", 0)))
+    if span._status is not None:
+        parts.append(_status(span._status))
+    parts.append(_FLAGS_REMOTE_PARENT if parent is not None and parent.is_remote else _FLAGS_LOCAL_PARENT)
+    return b"".join(parts)
+
+
+def _encode_span_public(span: ReadableSpan) -> bytes:
+    """encode_span through the public ReadableSpan interface (another implementation)."""
     context = span.context
     parent = span.parent
-    status = span.status
     parts = [
         b"\x0a\x10" + context.trace_id.to_bytes(16, "big"),
         b"\x12\x08" + context.span_id.to_bytes(8, "big"),
@@ -186,7 +248,7 @@ def encode_span(span: ReadableSpan) -> bytes:
         parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
     if span.name:
         parts.append(_field(0x2A, span.name.encode("utf-8")))
-    parts.append(b"\x30" + _VARINT_TABLE[_KIND[span.kind]])
+    parts.append(_KIND_FIELD[span.kind])
     if span.start_time:
         parts.append(b"\x39" + _pack_fixed64(span.start_time))
     if span.end_time:
@@ -199,10 +261,9 @@ def encode_span(span: ReadableSpan) -> bytes:
     if span.links:
         parts.extend(_field(0x6A, _link(link)) for link in span.links)
     parts.append(_uint32(0x70, span.dropped_links))
-    if status is not None:
-        status_body = _string(0x12, status.description or "") + _uint32(0x18, status.status_code.value)
-        parts.append(b"\x7a" + _varint(len(status_body)) + status_body)
-    parts.append(b"\x85\x01" + _flags(parent))
+    if span.status is not None:
+        parts.append(_status(span.status))
+    parts.append(b"\x85\x01" + _flags(span.parent))
     return b"".join(parts)
 
 
