@@ -34,6 +34,32 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _descendants(pid: int) -> list[int]:
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                pending.extend(int(child) for child in task.read_text().split())
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process and all its descendants (gunicorn's worker
+    included), threads included: what the service burnt, whatever else ran on the machine."""
+    total = 0
+    for process in _descendants(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            # Fields 14 and 15 (utime, stime), counted after the parenthesised command name.
+            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / _CLOCK_TICKS
+
+
 def pinned(argv: Sequence[str], cpus: Sequence[int] | None) -> list[str]:
     """``argv`` run under ``taskset`` on ``cpus`` (visible in ps, inherited by forks)."""
     if not cpus:

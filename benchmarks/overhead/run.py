@@ -263,7 +263,9 @@ def run_once(flavour: Flavour, config: Config, round_: int, options: Options, si
         _check_answers(url, process, log)
         _check_metrics_endpoint(config, metrics_port, log)
         warmup = run_wrk(url, options.warmup_s, options.connections, options.load_cpus)
+        cpu_before = procs.cpu_seconds(process.pid)
         measured = run_wrk(url, options.duration_s, options.connections, options.load_cpus)
+        cpu_used = procs.cpu_seconds(process.pid) - cpu_before
         _check_wrk(measured, log)
         counted = _check_counted(config, metrics_port, warmup.requests + measured.requests)
         if config.collector == "down" and endpoint is not None and procs.port_open(int(endpoint.rsplit(":", 1)[1])):
@@ -284,6 +286,9 @@ def run_once(flavour: Flavour, config: Config, round_: int, options: Options, si
         "config": config.name,
         "round": round_,
         "wrk": measured.as_dict(),
+        # The service's own CPU time per request (all its processes and threads): unlike
+        # 1/throughput, it does not count time the server waited for a CPU the VM lent elsewhere.
+        "cpu_us_per_request": cpu_used / measured.requests * 1e6 if measured.requests else None,
         "warmup_requests": warmup.requests,
         "meshlens_counted_requests": counted,
         "sink": delta,
