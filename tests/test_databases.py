@@ -24,7 +24,7 @@ from library_checks import (
     traceparent,
 )
 
-from harness import base_env, bin_path, free_port, running, started_sink
+from harness import base_env, bin_path, free_port, running, sample_value, started_sink
 
 pytestmark = pytest.mark.slow
 
@@ -184,3 +184,14 @@ def test_old_conventions_chosen_by_the_user(sink, tmp_path):
             assert delta(before, after, DB_COUNT, db_system_name="redis", db_namespace="0",
                          db_operation_name=operation) == calls
         assert INSTRUMENTATION_FAILED not in service.log()
+
+
+def test_sqlalchemy_pool_metrics_on_the_endpoint(service, sink):
+    """The service's engine (pool_size=2) after a request: its connection is back, idle."""
+    _request(service, sink, "/sqlalchemy")
+    text = service.metrics()
+    pool = {"db_client_connection_pool_name": "127.0.0.1:5432/test"}
+    assert sample_value(text, "db_client_connections", db_client_connection_state="used", **pool) == 0
+    assert sample_value(text, "db_client_connections", db_client_connection_state="idle", **pool) >= 1
+    assert sample_value(text, "db_client_connection_max", **pool) == 12  # pool_size 2 + max_overflow 10
+    assert sample_value(text, "db_client_connection_wait_time_seconds_count", **pool) >= 1

@@ -21,7 +21,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.util._importlib_metadata import entry_points
 from prometheus_client import CollectorRegistry
 
-from meshlens import catalogue, httpserver, libraries, logs, multiprocess, servers
+from meshlens import catalogue, httpserver, libraries, logs, multiprocess, pools, servers
+from meshlens._hooks import after_import
 from meshlens._version import __version__
 from meshlens.exposition import ApplicationMetrics, BeforeScrape, MetricsServer
 from meshlens.instruments import Instruments
@@ -203,6 +204,8 @@ def _start(settings: Settings) -> Runtime:
     )
     if not {"*", "wsgi", "asgi"} & disabled:
         servers.hook_servers(wrapper)
+    if not {"*", "sqlalchemy"} & disabled:
+        after_import("sqlalchemy", pools.PoolMetrics(instruments).install)
     atexit.register(runtime.shutdown)
     _install_sigterm_flush(runtime)
     return runtime

@@ -239,14 +239,13 @@ DB_CLIENT_OPERATION_DURATION = MetricSpec(
 # `process_open_file_descriptors` instead of the plain translation of `*.count`.
 _COUNT_SUFFIX = "Prometheus reserves `_count` for histograms and summaries (promtool check metrics)."
 
-# --- Declared ahead of the runtime -----------------------------------------
-# The dashboards (Kafka, databases) and alerts read these, named per the semantic
-# conventions; the runtime does not record them yet. Who will:
-#   messaging_*: the Kafka instrumentation (confluent-kafka, kafka-python, aiokafka wrappers
-#     in meshlens.red), one observation per message produced, consumed and processed;
-#   db_client_connection*: a SQLAlchemy pool-events listener (connect/checkout/checkin/
-#     close, pool timeouts) next to the SQLAlchemy instrumentation.
-# Until then these families are declared (so queries validate) but carry no series.
+# --- Messaging and connection pools ------------------------------------------
+# messaging_*: declared ahead of the runtime. The Kafka dashboard and alerts read them,
+#   named per the semantic conventions; the Kafka instrumentation (confluent-kafka,
+#   kafka-python, aiokafka) will record one observation per message produced, consumed
+#   and processed. Until then these families are declared (so queries validate) but
+#   carry no series.
+# db_client_connection*: recorded by meshlens.pools for SQLAlchemy engines.
 
 MESSAGING_CLIENT_SENT_MESSAGES = MetricSpec(
     name="messaging_client_sent_messages_total",
