@@ -13,7 +13,7 @@ def test_defaults_follow_the_specification():
     settings = load_settings({})
     assert settings.sampler == "parentbased_always_on"
     assert settings.otlp_protocol == "http/protobuf"
-    assert settings.propagators == ("tracecontext", "baggage")
+    assert settings.propagators == ("tracecontext", "baggage", "b3multi", "jaeger")  # meshlens: the mixed fleet
     assert settings.metrics_port == DEFAULT_METRICS_PORT == 9464
     assert settings.metric_label_set_limit == 2000
     assert settings.span_queue_size == 2048

@@ -15,13 +15,12 @@ from typing import Any
 import prometheus_client
 import prometheus_client.values
 from opentelemetry import propagate, trace
-from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.util._importlib_metadata import entry_points
 from prometheus_client import CollectorRegistry
 
-from meshlens import catalogue, httpserver, libraries, logs, multiprocess, pools, servers
+from meshlens import catalogue, httpserver, libraries, logs, multiprocess, pools, propagation, servers
 from meshlens._hooks import after_import
 from meshlens._version import __version__
 from meshlens.exposition import ApplicationMetrics, BeforeScrape, MetricsServer
@@ -105,19 +104,20 @@ def configure(**overrides: Any) -> Runtime | None:
 
 
 def _propagator(names: tuple[str, ...]) -> TextMapPropagator:
-    found: list[TextMapPropagator] = []
+    """meshlens's formats (see :mod:`meshlens.propagation`) plus any other installed entry point named."""
+    others: list[TextMapPropagator] = []
     for name in names:
-        if name == "none":
+        if name == "none" or name in propagation.FORMATS:
             continue
         points = list(entry_points(group="opentelemetry_propagator", name=name))
         if not points:
             _logger.warning("meshlens: unknown propagator %r in OTEL_PROPAGATORS; skipped", name)
             continue
         try:
-            found.append(points[0].load()())
+            others.append(points[0].load()())
         except Exception as exc:
             _logger.warning("meshlens: propagator %r failed to load (%s); skipped", name, exc)
-    return CompositePropagator(found)
+    return propagation.MeshlensPropagator(names, others)
 
 
 def _start(settings: Settings) -> Runtime:

@@ -190,8 +190,12 @@ class Settings:
         "OTEL_BSP_SCHEDULE_DELAY", _int_in(1, 3_600_000), 5000, "Milliseconds between exports."
     )  # fmt: skip
     propagators: tuple[str, ...] = _setting(
-        "OTEL_PROPAGATORS", _csv, ("tracecontext", "baggage"), "Context formats read and written on "
-        "every hop, as OpenTelemetry's propagator entry points name them."
+        "OTEL_PROPAGATORS", _csv, ("tracecontext", "baggage", "b3multi", "jaeger"), "Context formats read and "
+        "written on every hop: `tracecontext`, `baggage`, `b3` (single header), `b3multi`, `jaeger`, `none`, "
+        "or any installed OpenTelemetry propagator entry point. Incoming, the first valid one of W3C, B3 "
+        "single, B3 multi, Jaeger is the parent (either B3 name reads both B3 forms); Jaeger `uberctx-*` "
+        "and W3C `baggage` are merged, W3C winning on a clash. Outgoing, every named format is written, "
+        "and Istio's `x-request-id` is forwarded."
     )  # fmt: skip
     disabled_instrumentations: tuple[str, ...] = _setting(
         "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", _csv, (), "Libraries not to instrument, by "
