@@ -11,11 +11,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -227,3 +229,44 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
+
+
+@dataclass
+class EchoServer:
+    """A plain HTTP server on loopback, a service's downstream peer: 200, or 404 under
+    /missing; keeps each request's path and headers (names lower-cased)."""
+
+    port: int = field(default_factory=free_port)
+    received: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+
+    def url(self, path: str = "/echo") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def traceparents(self, trace_id: str) -> list[str]:
+        found = (headers.get("traceparent") for _, headers in self.received)
+        return [tp for tp in found if tp and tp.split("-")[1] == trace_id]
+
+
+@contextlib.contextmanager
+def echo_server() -> Iterator[EchoServer]:
+    state = EchoServer()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            return None
+
+        def do_GET(self) -> None:
+            state.received.append((self.path, {name.lower(): value for name, value in self.headers.items()}))
+            self.send_response(404 if self.path.startswith("/missing") else 200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+    server = ThreadingHTTPServer(("127.0.0.1", state.port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()

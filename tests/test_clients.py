@@ -8,10 +8,7 @@ carried, so the tests see what a next service would see.
 from __future__ import annotations
 
 import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote
 
 import pytest
@@ -27,7 +24,7 @@ from library_checks import (
     traceparent,
 )
 
-from harness import base_env, bin_path, free_port, running, started_sink
+from harness import EchoServer, base_env, bin_path, echo_server, free_port, running, started_sink
 
 pytestmark = pytest.mark.slow
 
@@ -49,42 +46,10 @@ CLIENTS = {
 NO_SERVER_ADDRESS_ATTRIBUTE = {"urllib3", "urllib"}
 
 
-@dataclass
-class Downstream:
-    """A plain HTTP server: 200, or 404 under /missing; keeps each request's traceparent."""
-
-    port: int = field(default_factory=free_port)
-    received: list[tuple[str, str | None]] = field(default_factory=list)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def traceparents(self, trace_id: str) -> list[str]:
-        return [tp for _, tp in self.received if tp and tp.split("-")[1] == trace_id]
-
-
 @pytest.fixture(scope="module")
-def downstream() -> Iterator[Downstream]:
-    state = Downstream()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            return None
-
-        def do_GET(self) -> None:
-            state.received.append((self.path, self.headers.get("traceparent")))
-            status = 404 if self.path.startswith("/missing") else 200
-            self.send_response(status)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-    server = ThreadingHTTPServer(("127.0.0.1", state.port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield state
-    server.shutdown()
-    server.server_close()
+def downstream() -> Iterator[EchoServer]:
+    with echo_server() as server:
+        yield server
 
 
 sink = pytest.fixture(scope="module")(started_sink)

@@ -7,15 +7,12 @@ meshlens Flask service (WSGI, calls out with requests), which calls a meshlens F
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote
 
 import pytest
 
-from harness import base_env, bin_path, free_port, running, started_sink
+from harness import EchoServer, base_env, bin_path, echo_server, free_port, running, started_sink
 
 pytestmark = pytest.mark.slow
 
@@ -29,37 +26,10 @@ SPAN = "e457b5a2e4d86bd1"
 JAEGER_64 = "1a2b3c4d5e6f7a8b"
 
 
-@dataclass
-class Downstream:
-    port: int = field(default_factory=free_port)
-    received: list[dict[str, str]] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/echo"
-
-
 @pytest.fixture(scope="module")
-def downstream() -> Iterator[Downstream]:
-    state = Downstream()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            return None
-
-        def do_GET(self) -> None:
-            state.received.append({name.lower(): value for name, value in self.headers.items()})
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-    server = ThreadingHTTPServer(("127.0.0.1", state.port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield state
-    server.shutdown()
-    server.server_close()
+def downstream() -> Iterator[EchoServer]:
+    with echo_server() as server:
+        yield server
 
 
 sink = pytest.fixture(scope="module")(started_sink)
@@ -98,12 +68,12 @@ INCOMING = {
 def test_one_trace_through_three_hops_in_every_format(peer, chain, sink, downstream):
     front, back = chain
     headers, trace_id = INCOMING[peer]
-    inner = f"{back.url}/call?url={quote(downstream.url, safe='')}"
+    inner = f"{back.url}/call?url={quote(downstream.url(), safe='')}"
     before = len(downstream.received)
     status, body, _ = front.get(f"/call?url={quote(inner, safe='')}", headers)
     assert status == 200, body
     assert len(downstream.received) == before + 1
-    got = downstream.received[-1]
+    got = downstream.received[-1][1]
 
     spans = sink.wait_trace(trace_id, lambda s: sum(x.kind == SERVER_KIND for x in s) >= 2
                             and sum(x.kind == CLIENT_KIND for x in s) >= 2)
@@ -135,9 +105,9 @@ def test_precedence_over_the_wire(chain, sink, downstream):
     front, _ = chain
     headers = {**INCOMING["jaeger-client"][0], **INCOMING["envoy-b3-multi"][0],
                "traceparent": f"00-{'c' * 32}-{'d' * 16}-01"}
-    status, body, _ = front.get(f"/call?url={quote(downstream.url, safe='')}", headers)
+    status, body, _ = front.get(f"/call?url={quote(downstream.url(), safe='')}", headers)
     assert status == 200, body
-    got = downstream.received[-1]
+    got = downstream.received[-1][1]
     assert got["traceparent"].split("-")[1] == "c" * 32
     assert got["x-b3-traceid"] == "c" * 32
     assert got["uber-trace-id"].startswith("c" * 32 + ":")
@@ -149,8 +119,8 @@ def test_hostile_headers_cost_the_context_not_the_request(chain, downstream):
     front, _ = chain
     hostile = {"traceparent": "00-" + "0" * 4000, "b3": "-" * 4000, "uber-trace-id": "%3A" * 1300,
                "baggage": " " * 4000 + "," * 2, "tracestate": "a=" * 2000, "x-request-id": "\t" * 100}
-    status, body, _ = front.get(f"/call?url={quote(downstream.url, safe='')}", hostile)
+    status, body, _ = front.get(f"/call?url={quote(downstream.url(), safe='')}", hostile)
     assert status == 200, body
-    got = downstream.received[-1]
+    got = downstream.received[-1][1]
     assert got["traceparent"].split("-")[1] != "0" * 32  # a new, valid trace
     assert "baggage" not in got and "x-request-id" not in got
