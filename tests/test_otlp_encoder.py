@@ -90,6 +90,23 @@ def test_each_span_alone_encodes_to_the_stock_bytes():
         assert otlp.encode_spans([span]) == _stock([span]), span.name
 
 
+class PublicOnly:
+    """A span seen only through ReadableSpan's public properties (another implementation)."""
+
+    def __init__(self, span) -> None:
+        self._span = span
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._span, name)
+
+
+def test_spans_without_the_sdk_fields_encode_through_the_public_interface():
+    spans = _every_shape_of_span()
+    assert otlp.encode_spans([PublicOnly(span) for span in spans]) == _stock(spans)
+
+
 def test_a_links_trace_state_is_carried():
     # opentelemetry-proto's Span.Link has trace_state; the stock encoder does not fill it.
     provider, exporter = _provider(Resource({"service.name": "shop"}))

@@ -194,12 +194,38 @@ def encode_span(span: ReadableSpan) -> bytes:
     """One Span message (without its field header)."""
     # The SDK's span keeps its fields in attributes that its public properties copy or wrap
     # (a tuple of the events, a read-only proxy of the attributes) on every read: read them
-    # directly when they are there.
-    raw = getattr(span, "_attributes", _MISSING)
-    if raw is _MISSING:
-        return _encode_span_public(span)
-    context = span._context
-    parent = span._parent
+    # directly when they are there, through the public interface otherwise.
+    attributes = getattr(span, "_attributes", _MISSING)
+    if attributes is _MISSING:
+        return _encode_fields(
+            span.context, span.parent, span.name, span.kind, span.start_time, span.end_time,
+            span.attributes, span.dropped_attributes, span.events, span.dropped_events,
+            span.links, span.dropped_links, span.status,
+        )  # fmt: skip
+    events, links = span._events, span._links
+    return _encode_fields(
+        span._context, span._parent, span._name, span._kind, span._start_time, span._end_time,
+        attributes, getattr(attributes, "dropped", 0), events, getattr(events, "dropped", 0),
+        links, getattr(links, "dropped", 0), span._status,
+    )  # fmt: skip
+
+
+def _encode_fields(
+    context: SpanContext,
+    parent: SpanContext | None,
+    name: str,
+    kind: SpanKind,
+    start_time: int | None,
+    end_time: int | None,
+    attributes: Mapping[str, Any] | None,
+    dropped_attributes: int,
+    events: Sequence[Event],
+    dropped_events: int,
+    links: Sequence[Link],
+    dropped_links: int,
+    status: Status | None,
+) -> bytes:
+    """The Span message's fields in field-number order, proto3 defaults left out."""
     parts = [
         b"\x0a\x10" + context.trace_id.to_bytes(16, "big") + b"\x12\x08" + context.span_id.to_bytes(8, "big"),
     ]
@@ -207,63 +233,28 @@ def encode_span(span: ReadableSpan) -> bytes:
         parts.append(_string(0x1A, _trace_state(context.trace_state)))
     if parent is not None:
         parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-    name = span._name
     if name:
         parts.append(_field(0x2A, name.encode("utf-8")))
-    parts.append(_KIND_FIELD[span._kind])
-    if span._start_time:
-        parts.append(b"\x39" + _pack_fixed64(span._start_time))
-    if span._end_time:
-        parts.append(b"\x41" + _pack_fixed64(span._end_time))
-    if raw:
-        parts.append(encode_attributes(0x4A, raw))
-        dropped = getattr(raw, "dropped", 0)
-        if dropped:
-            parts.append(_uint32(0x50, dropped))
-    events = span._events
+    parts.append(_KIND_FIELD[kind])
+    if start_time:
+        parts.append(b"\x39" + _pack_fixed64(start_time))
+    if end_time:
+        parts.append(b"\x41" + _pack_fixed64(end_time))
+    if attributes:
+        parts.append(encode_attributes(0x4A, attributes))
+    if dropped_attributes:
+        parts.append(_uint32(0x50, dropped_attributes))
     if events:
         parts.extend(_field(0x5A, _event(event)) for event in events)
-        parts.append(_uint32(0x60, getattr(events, "dropped", 0)))
-    links = span._links
+    if dropped_events:
+        parts.append(_uint32(0x60, dropped_events))
     if links:
         parts.extend(_field(0x6A, _link(link)) for link in links)
-        parts.append(_uint32(0x70, getattr(links, "dropped", 0)))
-    if span._status is not None:
-        parts.append(_status(span._status))
+    if dropped_links:
+        parts.append(_uint32(0x70, dropped_links))
+    if status is not None:
+        parts.append(_status(status))
     parts.append(_FLAGS_REMOTE_PARENT if parent is not None and parent.is_remote else _FLAGS_LOCAL_PARENT)
-    return b"".join(parts)
-
-
-def _encode_span_public(span: ReadableSpan) -> bytes:
-    """encode_span through the public ReadableSpan interface (another implementation)."""
-    context = span.context
-    parent = span.parent
-    parts = [
-        b"\x0a\x10" + context.trace_id.to_bytes(16, "big"),
-        b"\x12\x08" + context.span_id.to_bytes(8, "big"),
-    ]
-    if context.trace_state:
-        parts.append(_string(0x1A, _trace_state(context.trace_state)))
-    if parent is not None:
-        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-    if span.name:
-        parts.append(_field(0x2A, span.name.encode("utf-8")))
-    parts.append(_KIND_FIELD[span.kind])
-    if span.start_time:
-        parts.append(b"\x39" + _pack_fixed64(span.start_time))
-    if span.end_time:
-        parts.append(b"\x41" + _pack_fixed64(span.end_time))
-    parts.append(encode_attributes(0x4A, span.attributes))
-    parts.append(_uint32(0x50, span.dropped_attributes))
-    if span.events:
-        parts.extend(_field(0x5A, _event(event)) for event in span.events)
-    parts.append(_uint32(0x60, span.dropped_events))
-    if span.links:
-        parts.extend(_field(0x6A, _link(link)) for link in span.links)
-    parts.append(_uint32(0x70, span.dropped_links))
-    if span.status is not None:
-        parts.append(_status(span.status))
-    parts.append(b"\x85\x01" + _flags(span.parent))
     return b"".join(parts)
 
 
