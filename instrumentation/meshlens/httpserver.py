@@ -36,6 +36,18 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
+from opentelemetry.semconv.attributes.client_attributes import CLIENT_ADDRESS, CLIENT_PORT
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.semconv.attributes.http_attributes import (
+    HTTP_REQUEST_METHOD,
+    HTTP_REQUEST_METHOD_ORIGINAL,
+    HTTP_RESPONSE_STATUS_CODE,
+    HTTP_ROUTE,
+)
+from opentelemetry.semconv.attributes.network_attributes import NETWORK_PROTOCOL_VERSION
+from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
+from opentelemetry.semconv.attributes.url_attributes import URL_PATH, URL_QUERY, URL_SCHEME
+from opentelemetry.semconv.attributes.user_agent_attributes import USER_AGENT_ORIGINAL
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from meshlens import catalogue
@@ -187,16 +199,16 @@ class Exchange:
             return
         attributes: dict[str, Any] = {}
         if status:
-            attributes["http.response.status_code"] = status
+            attributes[HTTP_RESPONSE_STATUS_CODE] = status
         if route:
-            attributes["http.route"] = route
+            attributes[HTTP_ROUTE] = route
             span.update_name(f"{self._method} {route}" if self._method != _OTHER else f"HTTP {route}")
         if error is not None:
-            attributes["error.type"] = type(error).__qualname__
+            attributes[ERROR_TYPE] = type(error).__qualname__
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
         elif status >= 500:
-            attributes["error.type"] = str(status)
+            attributes[ERROR_TYPE] = str(status)
             span.set_status(Status(StatusCode.ERROR))
         _set_attributes(span, attributes)
         span.end()
@@ -238,9 +250,9 @@ class HttpServerTelemetry:
             except Exception:  # an unusual environ or scope costs attributes, not the span
                 _log_failure_once()
                 found = {}
-            found["http.request.method"] = known
+            found[HTTP_REQUEST_METHOD] = known
             if known == _OTHER:
-                found["http.request.method_original"] = method
+                found[HTTP_REQUEST_METHOD_ORIGINAL] = method
             _set_attributes(span, found)
         context_token = otel_context.attach(trace.set_span_in_context(span, parent))
         return Exchange(self, span, known, active, context_token)
@@ -397,12 +409,12 @@ def _wsgi_attributes(environ: Environ) -> dict[str, Any]:
     """The request attributes of a sampled span (stable HTTP server conventions)."""
     scheme = environ.get("wsgi.url_scheme", "http")
     attributes: dict[str, Any] = {
-        "url.scheme": scheme,
-        "url.path": environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""),
+        URL_SCHEME: scheme,
+        URL_PATH: environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""),
     }
     query = environ.get("QUERY_STRING")
     if query:
-        attributes["url.query"] = query
+        attributes[URL_QUERY] = query
     server_port = str(environ.get("SERVER_PORT", ""))
     host = environ.get("HTTP_HOST")
     if host:
@@ -410,30 +422,30 @@ def _wsgi_attributes(environ: Environ) -> dict[str, Any]:
     else:
         address, port = environ.get("SERVER_NAME", ""), int(server_port) if server_port.isdigit() else None
     if address:
-        attributes["server.address"] = address
+        attributes[SERVER_ADDRESS] = address
     if port is not None:
-        attributes["server.port"] = port
+        attributes[SERVER_PORT] = port
     protocol = environ.get("SERVER_PROTOCOL", "")
     if protocol.startswith("HTTP/"):
-        attributes["network.protocol.version"] = protocol[5:]
+        attributes[NETWORK_PROTOCOL_VERSION] = protocol[5:]
     client = environ.get("REMOTE_ADDR")
     if client:
-        attributes["client.address"] = client
+        attributes[CLIENT_ADDRESS] = client
         client_port = str(environ.get("REMOTE_PORT", ""))  # an int under some servers (werkzeug's)
         if client_port.isdigit():
-            attributes["client.port"] = int(client_port)
+            attributes[CLIENT_PORT] = int(client_port)
     user_agent = environ.get("HTTP_USER_AGENT")
     if user_agent:
-        attributes["user_agent.original"] = user_agent
+        attributes[USER_AGENT_ORIGINAL] = user_agent
     return attributes
 
 
 def _asgi_attributes(scope: Scope) -> dict[str, Any]:
     scheme = scope.get("scheme", "http")
-    attributes: dict[str, Any] = {"url.scheme": scheme, "url.path": scope.get("root_path", "") + scope.get("path", "")}
+    attributes: dict[str, Any] = {URL_SCHEME: scheme, URL_PATH: scope.get("root_path", "") + scope.get("path", "")}
     query = scope.get("query_string")
     if query:
-        attributes["url.query"] = query.decode("latin-1")
+        attributes[URL_QUERY] = query.decode("latin-1")
     headers = _AsgiHeaders(scope.get("headers") or ()).by_name()
     host = headers.get("host")
     server = scope.get("server")
@@ -444,20 +456,20 @@ def _asgi_attributes(scope: Scope) -> dict[str, Any]:
     else:
         address, port = "", None
     if address:
-        attributes["server.address"] = address
+        attributes[SERVER_ADDRESS] = address
     if port is not None:
-        attributes["server.port"] = port
+        attributes[SERVER_PORT] = port
     version = scope.get("http_version")
     if version:
-        attributes["network.protocol.version"] = version
+        attributes[NETWORK_PROTOCOL_VERSION] = version
     client = scope.get("client")
     if client:
-        attributes["client.address"] = str(client[0])
+        attributes[CLIENT_ADDRESS] = str(client[0])
         if client[1] is not None:
-            attributes["client.port"] = int(client[1])
+            attributes[CLIENT_PORT] = int(client[1])
     user_agent = headers.get("user-agent")
     if user_agent:
-        attributes["user_agent.original"] = user_agent[0]
+        attributes[USER_AGENT_ORIGINAL] = user_agent[0]
     return attributes
 
 
@@ -503,7 +515,7 @@ def _record_flask_exception(_sender: Any, exception: BaseException, **_extra: An
     if span.is_recording() and getattr(span, "instrumentation_scope", None) is not None \
             and span.instrumentation_scope.name == SCOPE_NAME:  # fmt: skip
         span.record_exception(exception)
-        span.set_attribute("error.type", type(exception).__qualname__)
+        span.set_attribute(ERROR_TYPE, type(exception).__qualname__)
 
 
 def _hook_flask(module: ModuleType, telemetry: HttpServerTelemetry) -> None:

@@ -17,30 +17,35 @@ from typing import Any
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
+from opentelemetry.semconv.attributes.db_attributes import DB_NAMESPACE, DB_OPERATION_NAME, DB_SYSTEM_NAME
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.semconv.attributes.exception_attributes import EXCEPTION_TYPE
+from opentelemetry.semconv.attributes.http_attributes import HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE
+from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS
+from opentelemetry.semconv.attributes.url_attributes import URL_FULL, URL_SCHEME
 from opentelemetry.trace import SpanKind, StatusCode
 
 from meshlens import catalogue
 from meshlens.instruments import Instruments
 
-# Attribute names, stable semantic conventions first, then the older names that
-# instrumentations still emit unless told otherwise.
-_METHOD = ("http.request.method", "http.method")
-_ROUTE = ("http.route",)
-_STATUS = ("http.response.status_code", "http.status_code")
-_SCHEME = ("url.scheme", "http.scheme")
-_SERVER_ADDRESS = ("server.address", "net.peer.name", "http.host")
-_URL = ("url.full", "http.url")
-_DB_SYSTEM = ("db.system.name", "db.system")
-_DB_NAMESPACE = ("db.namespace", "db.name", "db.redis.database_index")
-_DB_OPERATION = ("db.operation.name", "db.operation")
+# Attribute names, stable semantic conventions first (from the semantic-conventions
+# package), then the older names that instrumentations still emit unless told otherwise
+# (the package keeps those only as deprecated; RPC has no stable names yet).
+_METHOD = (HTTP_REQUEST_METHOD, "http.method")
+_ROUTE = (HTTP_ROUTE,)
+_STATUS = (HTTP_RESPONSE_STATUS_CODE, "http.status_code")
+_SCHEME = (URL_SCHEME, "http.scheme")
+_SERVER_ADDRESS = (SERVER_ADDRESS, "net.peer.name", "http.host")
+_URL = (URL_FULL, "http.url")
+_DB_SYSTEM = (DB_SYSTEM_NAME, "db.system")
+_DB_NAMESPACE = (DB_NAMESPACE, "db.name", "db.redis.database_index")
+_DB_OPERATION = (DB_OPERATION_NAME, "db.operation")
 _RPC_SYSTEM = ("rpc.system",)
 _RPC_SERVICE = ("rpc.service",)
 _RPC_METHOD = ("rpc.method",)
 _RPC_STATUS = ("rpc.grpc.status_code",)
 _REDIS_PIPELINE = "db.redis.pipeline_length"
-_ERROR_TYPE = "error.type"
 _EXCEPTION = "exception"
-_EXCEPTION_TYPE = "exception.type"
 _OTHER_ERROR = "_OTHER"
 _GRPC_OK, _GRPC_UNKNOWN = "0", "2"
 
@@ -78,14 +83,14 @@ def _error_type(span: ReadableSpan) -> str:
     """``error.type`` as the conventions define it: the attribute when the instrumentation
     sets it, else the type of the exception the span recorded; empty for a success."""
     attributes = span.attributes or {}
-    value = attributes.get(_ERROR_TYPE)
+    value = attributes.get(ERROR_TYPE)
     if value is not None:
         return str(value)
     if span.status.status_code is not StatusCode.ERROR:
         return ""
     event = _exception_event(span)
     if event is not None and event.attributes:
-        return str(event.attributes.get(_EXCEPTION_TYPE, _OTHER_ERROR))
+        return str(event.attributes.get(EXCEPTION_TYPE, _OTHER_ERROR))
     return _OTHER_ERROR
 
 
