@@ -127,16 +127,16 @@ class _AsgiHeaders:
     """An ASGI scope's headers as a dict, built on the first lookup (most requests carry no
     propagation header, and then nothing is decoded)."""
 
-    __slots__ = ("_by_name", "_raw")
+    __slots__ = ("_by_name", "scope")
 
-    def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
-        self._raw = raw
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
         self._by_name: dict[str, list[str]] | None = None
 
     def by_name(self) -> dict[str, list[str]]:
         if self._by_name is None:
             by_name: dict[str, list[str]] = {}
-            for name, value in self._raw:
+            for name, value in self.scope.get("headers") or ():
                 by_name.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
             self._by_name = by_name
         return self._by_name
@@ -231,7 +231,13 @@ class HttpServerTelemetry:
         self.excluded = excluded
 
     def start(
-        self, method: str, scheme: str, carrier: Any, getter: Getter[Any], attributes: Callable[[], dict[str, Any]]
+        self,
+        method: str,
+        scheme: str,
+        carrier: Any,
+        getter: Getter[Any],
+        attributes_of: Callable[[Any], dict[str, Any]],
+        exchange_class: type[Exchange] = Exchange,
     ) -> Exchange:
         known = method if method in KNOWN_METHODS else _OTHER
         active = self._active.labels(known, scheme)
@@ -246,7 +252,7 @@ class HttpServerTelemetry:
             CALLER_RECORDS_METRICS.reset(token)
         if span.is_recording():
             try:
-                found = attributes()
+                found = attributes_of(carrier)
             except Exception:  # an unusual environ or scope costs attributes, not the span
                 _log_failure_once()
                 found = {}
@@ -255,7 +261,7 @@ class HttpServerTelemetry:
                 found[HTTP_REQUEST_METHOD_ORIGINAL] = method
             _set_attributes(span, found)
         context_token = otel_context.attach(trace.set_span_in_context(span, parent))
-        return Exchange(self, span, known, active, context_token)
+        return exchange_class(self, span, known, active, context_token)
 
     # -- WSGI ---------------------------------------------------------------
 
@@ -279,44 +285,32 @@ class HttpServerTelemetry:
             return app(environ, start_response)
         environ[_TRACED] = True
         try:
-            exchange = self.start(
+            exchange: Any = self.start(
                 environ.get("REQUEST_METHOD", ""), environ.get("wsgi.url_scheme", "http"), environ, _ENVIRON_GETTER,
-                functools.partial(_wsgi_attributes, environ),
+                _wsgi_attributes, _WsgiExchange,
             )  # fmt: skip
         except Exception:  # telemetry never costs the request
             _log_failure_once()
             return app(environ, start_response)
-        status = 0
-
-        def observed_start_response(status_line: str, headers: Any, exc_info: Any = None) -> Any:
-            nonlocal status
-            try:
-                status = int(status_line[:3])
-            except ValueError:
-                status = 0
-            return start_response(status_line, headers, exc_info)
-
-        def route() -> str:
-            if route_of is None:
-                return ""
-            try:
-                return route_of(environ)
-            except Exception:
-                return ""
-
+        # One object per request: it observes the status, reads the route, and is the body
+        # the server closes (no closures, no wrapper objects on the way).
+        exchange.environ = environ
+        exchange.respond = start_response
+        exchange.route_of = route_of
         try:
-            body = app(environ, observed_start_response)
+            body = app(environ, exchange.start_response)
         except BaseException as error:
             exchange.detach()
-            exchange.finish(status, route(), error)
+            exchange.finish(exchange.status, exchange.route(), error)
             raise
         exchange.detach()
         file_wrapper = environ.get("wsgi.file_wrapper")
         if isinstance(file_wrapper, type) and isinstance(body, file_wrapper):
             # Wrapping it would cost the server its sendfile(): finish now, before the body is sent.
-            exchange.finish(status, route())
+            exchange.finish(exchange.status, exchange.route())
             return body
-        return _Body(body, exchange, lambda: status, route)
+        exchange.body = body
+        return exchange  # type: ignore[no-any-return]
 
     # -- ASGI ---------------------------------------------------------------
 
@@ -339,8 +333,8 @@ class HttpServerTelemetry:
         root_path = scope.get("root_path", "")
         try:
             exchange = self.start(
-                scope.get("method", ""), scope.get("scheme", "http"), _AsgiHeaders(scope.get("headers") or ()),
-                _ASGI_GETTER, functools.partial(_asgi_attributes, scope),
+                scope.get("method", ""), scope.get("scheme", "http"), _AsgiHeaders(scope), _ASGI_GETTER,
+                _asgi_attributes,
             )  # fmt: skip
         except Exception:  # telemetry never costs the request
             _log_failure_once()
@@ -365,31 +359,51 @@ class HttpServerTelemetry:
             exchange.detach()
 
 
-class _Body:
-    """A WSGI response body that finishes the request when the server closes it."""
+class _WsgiExchange(Exchange):
+    """A WSGI request in flight, which is also the response body the server iterates and
+    closes: the request finishes when the server closes the body."""
 
-    __slots__ = ("_body", "_exchange", "_route", "_status")
+    __slots__ = ("body", "environ", "respond", "route_of", "status")
 
-    def __init__(
-        self, body: Iterable[bytes], exchange: Exchange, status: Callable[[], int], route: Callable[[], str]
-    ) -> None:
-        self._body = body
-        self._exchange = exchange
-        self._status = status
-        self._route = route
+    def __init__(self, telemetry: HttpServerTelemetry, span: Any, method: str, active: Any, token: object) -> None:
+        super().__init__(telemetry, span, method, active, token)
+        self.status = 0
+        self.environ: Environ = {}
+        self.respond: StartResponse = _no_response
+        self.route_of: Callable[[Environ], str] | None = None
+        self.body: Iterable[bytes] = ()
+
+    def start_response(self, status_line: str, headers: Any, exc_info: Any = None) -> Any:
+        try:
+            self.status = int(status_line[:3])
+        except ValueError:
+            self.status = 0
+        return self.respond(status_line, headers, exc_info)
+
+    def route(self) -> str:
+        if self.route_of is None:
+            return ""
+        try:
+            return self.route_of(self.environ)
+        except Exception:
+            return ""
 
     def __iter__(self) -> Iterator[bytes]:
         # The body's own iterator, not a generator around it: no frame per chunk. An error
         # while the body is sent comes after the status line; close() still ends the span.
-        return iter(self._body)
+        return iter(self.body)
 
     def close(self) -> None:
         try:
-            close = getattr(self._body, "close", None)
+            close = getattr(self.body, "close", None)
             if close is not None:
                 close()
         finally:
-            self._exchange.finish(self._status(), self._route())
+            self.finish(self.status, self.route())
+
+
+def _no_response(*_args: Any) -> None:
+    return None
 
 
 # Excluded URLs are matched against the URL without its query, as the contrib
@@ -440,13 +454,14 @@ def _wsgi_attributes(environ: Environ) -> dict[str, Any]:
     return attributes
 
 
-def _asgi_attributes(scope: Scope) -> dict[str, Any]:
+def _asgi_attributes(carrier: _AsgiHeaders) -> dict[str, Any]:
+    scope = carrier.scope
     scheme = scope.get("scheme", "http")
     attributes: dict[str, Any] = {URL_SCHEME: scheme, URL_PATH: scope.get("root_path", "") + scope.get("path", "")}
     query = scope.get("query_string")
     if query:
         attributes[URL_QUERY] = query.decode("latin-1")
-    headers = _AsgiHeaders(scope.get("headers") or ()).by_name()
+    headers = carrier.by_name()
     host = headers.get("host")
     server = scope.get("server")
     if host:
