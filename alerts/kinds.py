@@ -399,8 +399,7 @@ class ErrorRatio(AlertKind):
         )
 
     def series(self, shape: str, steps: int, step_at: int = 0) -> list[sc.Series]:
-        base = synthetic_labels((*self._by, *self.selector))
-        base.update({label: sc.example_of(pattern) or "" for label, pattern in self.selector.items()})
+        base = series_labels(self._by, self.selector)
         failed_labels = {**base, **{label: sc.example_of(p) or "" for label, p in self.errors.items()}}
         total = TOTAL_PER_STEP
         assert self.threshold is not None
@@ -483,8 +482,7 @@ class QuantileAbove(AlertKind):
             phases = [(steps, calm)]
         else:
             phases = [(step_at, calm), (steps - step_at, {at + 1: total * sc.SPIKE})]
-        base = synthetic_labels((*self._by, *self.selector))
-        base.update({label: sc.example_of(pattern) or "" for label, pattern in self.selector.items()})
+        base = series_labels(self._by, self.selector)
         out = []
         for index, bound in enumerate((*bounds, math.inf)):
             values = sc.counter(*(sc.Phase(n, sum(c for i, c in dist.items() if i <= index)) for n, dist in phases))
@@ -537,19 +535,20 @@ class GaugeRatioAbove(AlertKind):
         ]
 
 
-class RateAbove(AlertKind):
-    """Events per second of a counter, per group, above a threshold (0: any at all)."""
+class _OneMetric(AlertKind):
+    """A kind on one metric of the catalogue, narrowed by a selector and grouped by labels."""
 
-    kind = "rate_above"
     fields = ("metric", "window", "threshold")
     optional = ("selector", "by")
+    metric_kind: Kind
+    positive_threshold = False
 
     def __init__(self, common: Common, node: LineDict, reader: Reader) -> None:
         super().__init__(common, node, reader)
         subject = common.subject
-        self.spec = reader.metric(node, "metric", subject, (Kind.COUNTER,))
+        self.spec = reader.metric(node, "metric", subject, (self.metric_kind,))
         self.window = reader.duration(node, "window", subject)
-        self.threshold = self.read_threshold()
+        self.threshold = self.read_threshold(positive=self.positive_threshold)
         self.selector: dict[str, str] = {}
         self._by = DEFAULT_BY
         if self.spec is not None:
@@ -560,15 +559,26 @@ class RateAbove(AlertKind):
     def by(self) -> tuple[str, ...]:
         return self._by
 
-    def expr(self) -> str:
+    def matched(self) -> str:
+        """The metric's selector in PromQL."""
         assert self.spec is not None
-        matched = selector(self.spec.name, regex_matchers(self.selector))
+        return selector(self.spec.name, regex_matchers(self.selector))
+
+
+class RateAbove(_OneMetric):
+    """Events per second of a counter, per group, above a threshold (0: any at all)."""
+
+    kind = "rate_above"
+
+    metric_kind = Kind.COUNTER
+
+    def expr(self) -> str:
+        matched = self.matched()
         return f"sum{by_clause(self._by)} (rate({matched}[{self.window.text}])) > {self.threshold:g}"
 
     def series(self, shape: str, steps: int, step_at: int = 0) -> list[sc.Series]:
         assert self.spec is not None and self.threshold is not None
-        base = synthetic_labels((*self._by, *self.selector))
-        base.update({label: sc.example_of(pattern) or "" for label, pattern in self.selector.items()})
+        base = series_labels(self._by, self.selector)
         per_step = self.threshold * sc.STEP
         if shape == "fire":
             values = sc.counter(sc.Phase(steps, per_step * sc.FIRE_MARGIN if per_step else 1))
@@ -579,41 +589,24 @@ class RateAbove(AlertKind):
         return [sc.Series(self.spec.name, base, values)]
 
 
-class GaugeGrowing(AlertKind):
+class GaugeGrowing(_OneMetric):
     """A gauge above a threshold and still growing over the window (consumer lag)."""
 
     kind = "gauge_growing"
-    fields = ("metric", "window", "threshold")
-    optional = ("selector", "by")
     SLOPE = 1e-4
     """Growth per step, as a share of the threshold: slow enough to stay within the 10% margins."""
 
-    def __init__(self, common: Common, node: LineDict, reader: Reader) -> None:
-        super().__init__(common, node, reader)
-        subject = common.subject
-        self.spec = reader.metric(node, "metric", subject, (Kind.GAUGE,))
-        self.window = reader.duration(node, "window", subject)
-        self.threshold = self.read_threshold(positive=True)
-        self.selector: dict[str, str] = {}
-        self._by = DEFAULT_BY
-        if self.spec is not None:
-            self.selector = reader.matchers(node, "selector", subject, self.spec)
-            self._by = reader.labels_list(node, "by", subject, self.spec, DEFAULT_BY)
-            check_examples(reader, node, subject, self.selector)
-
-    def by(self) -> tuple[str, ...]:
-        return self._by
+    metric_kind = Kind.GAUGE
+    positive_threshold = True
 
     def expr(self) -> str:
-        assert self.spec is not None
-        matched = selector(self.spec.name, regex_matchers(self.selector))
+        matched = self.matched()
         by = by_clause(self._by)
         return f"(sum{by} ({matched}) > {self.threshold:g}) and (sum{by} (delta({matched}[{self.window.text}])) > 0)"
 
     def series(self, shape: str, steps: int, step_at: int = 0) -> list[sc.Series]:
         assert self.spec is not None and self.threshold is not None
-        base = synthetic_labels((*self._by, *self.selector))
-        base.update({label: sc.example_of(pattern) or "" for label, pattern in self.selector.items()})
+        base = series_labels(self._by, self.selector)
         slope = self.threshold * self.SLOPE
         if shape == "fire":
             values = sc.ramp(self.threshold * sc.FIRE_MARGIN, slope, steps)
@@ -628,6 +621,14 @@ KINDS: dict[str, type[AlertKind]] = {
     kind.kind: kind
     for kind in (TargetDown, TargetAbsent, ErrorRatio, QuantileAbove, GaugeRatioAbove, RateAbove, GaugeGrowing)
 }
+
+
+def series_labels(by: Sequence[str], patterns: dict[str, str]) -> dict[str, str]:
+    """Labels of a generated test series: a made-up value per group label, and for each
+    selector label a value its pattern matches."""
+    labels = synthetic_labels((*by, *patterns))
+    labels.update({label: sc.example_of(pattern) or "" for label, pattern in patterns.items()})
+    return labels
 
 
 def check_examples(reader: Reader, node: LineDict, subject: str, patterns: dict[str, str]) -> None:
