@@ -52,6 +52,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from meshlens import catalogue
 from meshlens._hooks import after_import
+from meshlens._once import WarnOnce
 from meshlens._version import __version__
 from meshlens.instruments import GuardedMetric, Instruments
 from meshlens.red import KNOWN_METHODS
@@ -73,15 +74,9 @@ Scope = MutableMapping[str, Any]
 AsgiApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 
 
-_failure_logged = False
-
-
-def _log_failure_once() -> None:
-    global _failure_logged
-    if not _failure_logged:
-        _failure_logged = True
-        _logger.warning("meshlens: HTTP server telemetry failed for a request; the request went on "
-                        "(logged once)", exc_info=True)
+_log_failure_once = WarnOnce(
+    "meshlens: HTTP server telemetry failed for a request; the request went on (logged once)"
+)
 
 
 def _set_attributes(span: Any, attributes: dict[str, Any]) -> None:

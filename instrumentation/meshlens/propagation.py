@@ -20,7 +20,6 @@ checks; a malformed or hostile header costs its context, never an exception.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -39,7 +38,7 @@ from opentelemetry.propagators.textmap import (
 )
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
-_logger = logging.getLogger("meshlens")
+from meshlens._once import WarnOnce
 
 # The names OTEL_PROPAGATORS uses for the formats meshlens implements itself.
 TRACECONTEXT, BAGGAGE, B3, B3MULTI, JAEGER = "tracecontext", "baggage", "b3", "b3multi", "jaeger"
@@ -242,7 +241,9 @@ class MeshlensPropagator(TextMapPropagator):
         self.names = tuple(name for name in names if name in FORMATS)
         self._formats = _Formats(self.names)
         self._others = tuple(others)
-        self._failed_once = False
+        self._log_failure_once = WarnOnce(
+            "meshlens: context propagation failed on a header; the request goes on without it"
+        )
 
     # --- extract ---------------------------------------------------------------
 
@@ -427,11 +428,6 @@ class MeshlensPropagator(TextMapPropagator):
             names |= other.fields
         return names
 
-    def _log_failure_once(self) -> None:
-        if not self._failed_once:
-            self._failed_once = True
-            _logger.warning("meshlens: context propagation failed on a header; the request goes on without it",
-                            exc_info=True)
 
 
 def _b3_ids(trace_hex: str, span_hex: str, sampled: bool) -> SpanContext | None:
