@@ -62,3 +62,28 @@ def test_install_is_idempotent_and_uninstall_restores(installed):
     assert logging._STYLES["%"][1] == "%(levelname)s:%(name)s:%(message)s"
     record = logging.getLogger("x").makeRecord("x", logging.INFO, "f", 1, "m", (), None)
     assert not hasattr(record, "trace_id")
+
+
+def test_listed_baggage_keys_become_record_fields():
+    """MESHLENS_BAGGAGE_TO_ATTRIBUTES: a format may name a listed key; it is empty when the
+    context has no such entry, and unlisted keys stay off the record."""
+    from opentelemetry import baggage, context
+
+    logs.install(["saga.id", "tenant"])
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(saga.id)s|%(tenant)s|%(message)s"))
+    logger = logging.getLogger("test_logs.baggage")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        token = context.attach(baggage.set_baggage("card", "4111", baggage.set_baggage("saga.id", "s-9")))
+        try:
+            logger.warning("inside")
+        finally:
+            context.detach(token)
+        logger.warning("outside")
+    finally:
+        logs.uninstall()
+        logger.removeHandler(handler)
+    assert stream.getvalue().splitlines() == ["s-9||inside", "||outside"]

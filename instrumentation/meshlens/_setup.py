@@ -15,6 +15,7 @@ from typing import Any
 import prometheus_client
 import prometheus_client.values
 from opentelemetry import propagate, trace
+from opentelemetry.processor.baggage import BaggageSpanProcessor
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.util._importlib_metadata import entry_points
@@ -146,8 +147,10 @@ def _start(settings: Settings) -> Runtime:
     trace.set_tracer_provider(tracer_provider)
     propagate.set_global_textmap(_propagator(settings.propagators))
 
+    if settings.baggage_to_attributes:
+        tracer_provider.add_span_processor(BaggageSpanProcessor(frozenset(settings.baggage_to_attributes).__contains__))
     if settings.log_correlation:
-        logs.install()
+        logs.install(settings.baggage_to_attributes)
 
     registry = CollectorRegistry(auto_describe=False)
     samplers = []

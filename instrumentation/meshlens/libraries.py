@@ -18,12 +18,13 @@ import functools
 import inspect
 import logging
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from types import ModuleType
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.dependencies import get_dist_dependency_conflicts
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.trace import TracerProvider
@@ -109,6 +110,38 @@ def _redis_namespace(span: Any, instance: Any, args: Any, kwargs: Any) -> None:
 INSTRUMENTOR_OPTIONS: Mapping[str, Mapping[str, object]] = {"redis": {"request_hook": _redis_namespace}}
 
 
+def _aiohttp_server_keeps_incoming_context(module: ModuleType) -> None:
+    """The aiohttp-server middleware (contrib 0.66b1) parents its span on the incoming
+    context but never makes that context current: the handler then runs without the
+    request's baggage (and Istio's x-request-id), so neither reaches downstream calls,
+    child spans or log records. Every other contrib server instrumentation attaches the
+    context; this makes aiohttp's do the same, around the contrib middleware."""
+    create = module.create_aiohttp_middleware
+
+    @functools.wraps(create)
+    def create_keeping_context(*args: Any, **kwargs: Any) -> Any:
+        traced = create(*args, **kwargs)
+
+        @module.web.middleware
+        async def keep_incoming_context(request: Any, handler: Any) -> Any:
+            token = otel_context.attach(module.extract(request, getter=module.getter))
+            try:
+                return await traced(request, handler)
+            finally:
+                otel_context.detach(token)
+
+        return keep_incoming_context
+
+    module.create_aiohttp_middleware = create_keeping_context
+
+
+# Fixes meshlens applies to a contrib instrumentation's module before instrumenting, by
+# entry-point name: (module, patch).
+CONTRIB_FIXES: Mapping[str, tuple[str, Callable[[ModuleType], None]]] = {
+    "aiohttp-server": ("opentelemetry.instrumentation.aiohttp_server", _aiohttp_server_keeps_incoming_context),
+}
+
+
 @dataclass(frozen=True)
 class Outcome:
     name: str
@@ -191,6 +224,8 @@ def instrument_installed(
                         _logger.warning("meshlens: %s; it runs untraced", conflict)
                     outcomes.append(Outcome(name, False, str(conflict)))
                     continue
+            if name in CONTRIB_FIXES:
+                after_import(*CONTRIB_FIXES[name])
             kwargs = {"tracer_provider": tracer_provider, "meter_provider": meter_provider,
                       **INSTRUMENTOR_OPTIONS.get(name, {}), **(options or {}).get(name, {})}
             if name in DEFERRED_UNTIL:

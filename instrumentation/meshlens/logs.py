@@ -5,15 +5,19 @@ any handler or formatter can use ``%(trace_id)s``; records outside a span carry
 ``"0"``. logging's default formats gain the two ids: the one ``logging.basicConfig()``
 uses when no format is given, and the one of ``logging.lastResort``, which prints
 the warnings of a service that never configured logging at all.
+
+Baggage keys named in ``MESHLENS_BAGGAGE_TO_ATTRIBUTES`` become record attributes of
+the same name (``%(saga.id)s`` is a valid format field), empty when the request
+carries no such entry, so a format that names one never fails.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import baggage, trace
 
 TRACE_ID = "trace_id"
 SPAN_ID = "span_id"
@@ -27,13 +31,15 @@ _previous_default: Any = None
 _previous_last_resort: logging.Formatter | None = None
 
 
-def install() -> None:
-    """Adds the ids to every record from now on (idempotent)."""
+def install(baggage_keys: Iterable[str] = ()) -> None:
+    """Adds the ids, and the named baggage entries, to every record from now on (idempotent)."""
     global _installed, _previous_factory, _previous_default, _previous_last_resort
     if _installed is not None:
         return
     previous = logging.getLogRecordFactory()
     get_current_span = trace.get_current_span
+    get_all_baggage = baggage.get_all
+    keys = tuple(dict.fromkeys(baggage_keys))
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
@@ -44,6 +50,11 @@ def install() -> None:
         else:
             record.trace_id = NO_ID
             record.span_id = NO_ID
+        if keys:
+            entries = get_all_baggage()
+            for key in keys:
+                value = entries.get(key)
+                setattr(record, key, "" if value is None else str(value))
         return record
 
     logging.setLogRecordFactory(factory)

@@ -197,6 +197,13 @@ class Settings:
         "and W3C `baggage` are merged, W3C winning on a clash. Outgoing, every named format is written, "
         "and Istio's `x-request-id` is forwarded."
     )  # fmt: skip
+    baggage_to_attributes: tuple[str, ...] = _setting(
+        "MESHLENS_BAGGAGE_TO_ATTRIBUTES", _csv, (), "Baggage keys copied onto every span of the request "
+        "as attributes of the same name, and onto every log record as record attributes (`%(saga.id)s` in "
+        "a format; empty when the request has no such entry), for instance `saga.id,tenant.id`. Baggage "
+        "crosses HTTP, gRPC and Kafka hops, so an id set once is searchable on every service's spans. "
+        "Baggage is sent to every downstream service: list no key whose value is a secret."
+    )  # fmt: skip
     disabled_instrumentations: tuple[str, ...] = _setting(
         "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", _csv, (), "Libraries not to instrument, by "
         "entry-point name (`flask,redis`), or `*` for none."

@@ -1,6 +1,8 @@
 import meshlens.auto  # noqa: F401  (the one line a service adds)
 
 import asyncio
+import json
+import logging
 import os
 import signal
 from concurrent import futures
@@ -16,6 +18,15 @@ PORT = int(os.environ["PORT"])
 GRPC_PORT = int(os.environ["GRPC_PORT"])
 GRPC_AIO_PORT = int(os.environ["GRPC_AIO_PORT"])
 TIMEOUT = 5
+# The saga id comes from the request's baggage (MESHLENS_BAGGAGE_TO_ATTRIBUTES=saga.id).
+logging.basicConfig(level=logging.INFO, format="said trace_id=%(trace_id)s saga=%(saga.id)s %(message)s")
+log = logging.getLogger("grpc_app")
+
+
+def _metadata(context) -> bytes:
+    """The trace headers this call arrived with, for the tests to read."""
+    return json.dumps({key: value for key, value in context.invocation_metadata()
+                       if not key.startswith("grpc-")}).encode()
 
 
 def _say(request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -23,6 +34,9 @@ def _say(request: bytes, context: grpc.ServicerContext) -> bytes:
         context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
     if request == b"boom":
         raise RuntimeError("boom")
+    if request == b"metadata":
+        return _metadata(context)
+    log.info("sync %s", request.decode())
     return b"echo:" + request
 
 
@@ -31,6 +45,9 @@ async def _say_async(request: bytes, context: grpc.aio.ServicerContext) -> bytes
         await context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
     if request == b"boom":
         raise RuntimeError("boom")
+    if request == b"metadata":
+        return _metadata(context)
+    log.info("aio %s", request.decode())
     return b"echo:" + request
 
 
@@ -87,6 +104,7 @@ async def main() -> None:
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", PORT).start()
+    log.info("serving")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
