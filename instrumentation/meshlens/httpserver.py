@@ -9,10 +9,13 @@ job in one pass: one SERVER span per request with the stable HTTP semantic-conve
 attributes, the incoming context extracted with the global propagator, the request-duration
 histogram with the trace as exemplar, and the in-flight gauge.
 
-- An unsampled request gets the SDK's non-recording span, which carries the context
-  downstream and costs almost nothing; its metrics are recorded here, from the middleware's
-  own clock (:data:`meshlens.tracing.CALLER_RECORDS_METRICS` tells the sampler so).
-- A sampled request's attributes are built once, as a plain dict of values known to be clean.
+- The span is started by :class:`meshlens.tracing.ServerSpanStarter`: the configured sampler
+  decides, as in the SDK's ``start_span``. An unsampled request gets a non-recording span,
+  which carries the context downstream and costs almost nothing; its metrics are recorded
+  here, from the middleware's own clock, so the sampler is not asked to record it.
+- A recording request gets a :class:`meshlens.tracing.ServerSpan`: an SDK span whose
+  attributes are built once, as a plain dict of values known to be clean, that span
+  processors see start and end, and that is encoded for export as it ends.
 
 ``MESHLENS_HTTP_SERVER_SPANS=contrib`` goes back to the contrib instrumentations, for their
 request and response hooks and captured headers.
@@ -48,7 +51,7 @@ from opentelemetry.semconv.attributes.network_attributes import NETWORK_PROTOCOL
 from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
 from opentelemetry.semconv.attributes.url_attributes import URL_PATH, URL_QUERY, URL_SCHEME
 from opentelemetry.semconv.attributes.user_agent_attributes import USER_AGENT_ORIGINAL
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Status, StatusCode
 
 from meshlens import catalogue
 from meshlens._hooks import after_import
@@ -56,7 +59,7 @@ from meshlens._once import WarnOnce
 from meshlens._version import __version__
 from meshlens.instruments import GuardedMetric, Instruments
 from meshlens.red import KNOWN_METHODS
-from meshlens.tracing import CALLER_RECORDS_METRICS
+from meshlens.tracing import ServerSpan, ServerSpanStarter
 
 _logger = logging.getLogger("meshlens")
 
@@ -77,17 +80,6 @@ AsgiApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitab
 _log_failure_once = WarnOnce(
     "meshlens: HTTP server telemetry failed for a request; the request went on (logged once)"
 )
-
-
-def _set_attributes(span: Any, attributes: dict[str, Any]) -> None:
-    """Sets attributes whose values are already clean (str, int): straight into the span's
-    attribute dict when the SDK's span has one, skipping the per-value validation."""
-    bounded = getattr(span, "_attributes", None)
-    plain = getattr(bounded, "_dict", None)
-    if isinstance(plain, dict) and len(plain) + len(attributes) <= (bounded.maxlen or 128):
-        plain.update(attributes)
-    else:
-        span.set_attributes(attributes)
 
 
 def _host_and_port(host: str, default_port: int | None) -> tuple[str, int | None]:
@@ -154,7 +146,9 @@ class Exchange:
 
     __slots__ = ("_active", "_context_token", "_done", "_method", "_started", "_telemetry", "span")
 
-    def __init__(self, telemetry: HttpServerTelemetry, span: Any, method: str, active: Any, token: object) -> None:
+    def __init__(
+        self, telemetry: HttpServerTelemetry, span: Any, method: str, active: Callable[[float], None], token: object
+    ) -> None:
         self._telemetry = telemetry
         self.span = span
         self._method = method
@@ -173,40 +167,44 @@ class Exchange:
         if self._done:
             return
         self._done = True
+        duration = time.perf_counter() - self._started
+        # One method, not a guarded call to a second one: this runs for every request.
         try:
-            self._finish(status, route, error)
+            self._active(-1)
+            if error is not None and not status:
+                status = 500  # the server answers 500 for an exception that escapes the app
+            span = self.span
+            context = span.get_span_context()
+            sampled = context.trace_flags.sampled
+            labels = (self._method, route, str(status) if status else "")
+            self._telemetry.duration.observe(
+                labels, duration, context.trace_id if sampled else 0, context.span_id if sampled else 0
+            )
+            if not span.is_recording():
+                return
+            attributes: dict[str, Any] = {}
+            if status:
+                attributes[HTTP_RESPONSE_STATUS_CODE] = status
+            name = ""
+            if route:
+                attributes[HTTP_ROUTE] = route
+                name = f"{self._method} {route}" if self._method != _OTHER else f"HTTP {route}"
+            if error is not None:
+                attributes[ERROR_TYPE] = type(error).__qualname__
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+            elif status >= 500:
+                attributes[ERROR_TYPE] = str(status)
+                span.set_status(Status(StatusCode.ERROR))
+            if type(span) is ServerSpan:
+                span.end_request(name, attributes)
+            else:  # a span of the tracer's own (see ServerSpanStarter)
+                if name:
+                    span.update_name(name)
+                span.set_attributes(attributes)
+                span.end()
         except Exception:  # telemetry never costs the request
             _log_failure_once()
-
-    def _finish(self, status: int, route: str, error: BaseException | None) -> None:
-        duration = time.perf_counter() - self._started
-        self._active.dec()
-        if error is not None and not status:
-            status = 500  # the server answers 500 for an exception that escapes the app
-        span = self.span
-        context = span.get_span_context()
-        sampled = context.trace_flags.sampled
-        labels = (self._method, route, str(status) if status else "")
-        self._telemetry.duration.observe(
-            labels, duration, context.trace_id if sampled else 0, context.span_id if sampled else 0
-        )
-        if not span.is_recording():
-            return
-        attributes: dict[str, Any] = {}
-        if status:
-            attributes[HTTP_RESPONSE_STATUS_CODE] = status
-        if route:
-            attributes[HTTP_ROUTE] = route
-            span.update_name(f"{self._method} {route}" if self._method != _OTHER else f"HTTP {route}")
-        if error is not None:
-            attributes[ERROR_TYPE] = type(error).__qualname__
-            span.record_exception(error)
-            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-        elif status >= 500:
-            attributes[ERROR_TYPE] = str(status)
-            span.set_status(Status(StatusCode.ERROR))
-        _set_attributes(span, attributes)
-        span.end()
 
 
 class HttpServerTelemetry:
@@ -219,7 +217,9 @@ class HttpServerTelemetry:
         on_request: Callable[[], None] | None = None,
         excluded: Callable[[str], bool] | None = None,
     ) -> None:
-        self._tracer = tracer_provider.get_tracer(SCOPE_NAME, __version__, schema_url=SCHEMA_URL)
+        self._spans = ServerSpanStarter(
+            tracer_provider.get_tracer(SCOPE_NAME, __version__, schema_url=SCHEMA_URL), SCOPE_NAME
+        )
         self.duration: GuardedMetric = instruments[catalogue.HTTP_SERVER_REQUEST_DURATION]
         self._active = instruments[catalogue.HTTP_SERVER_ACTIVE_REQUESTS]
         self._on_request = on_request
@@ -235,26 +235,12 @@ class HttpServerTelemetry:
         exchange_class: type[Exchange] = Exchange,
     ) -> Exchange:
         known = method if method in KNOWN_METHODS else _OTHER
-        active = self._active.labels(known, scheme)
-        active.inc()
+        active = self._active.adder(known, scheme)
+        active(1)
         if self._on_request is not None:
             self._on_request()
         parent = propagate.extract(carrier, getter=getter)
-        token = CALLER_RECORDS_METRICS.set(True)
-        try:
-            span = self._tracer.start_span(known if known != _OTHER else "HTTP", parent, SpanKind.SERVER)
-        finally:
-            CALLER_RECORDS_METRICS.reset(token)
-        if span.is_recording():
-            try:
-                found = attributes_of(carrier)
-            except Exception:  # an unusual environ or scope costs attributes, not the span
-                _log_failure_once()
-                found = {}
-            found[HTTP_REQUEST_METHOD] = known
-            if known == _OTHER:
-                found[HTTP_REQUEST_METHOD_ORIGINAL] = method
-            _set_attributes(span, found)
+        span = self._spans.start(known if known != _OTHER else "HTTP", parent, attributes_of, carrier)
         context_token = otel_context.attach(trace.set_span_in_context(span, parent))
         return exchange_class(self, span, known, active, context_token)
 
@@ -282,7 +268,7 @@ class HttpServerTelemetry:
         try:
             exchange: Any = self.start(
                 environ.get("REQUEST_METHOD", ""), environ.get("wsgi.url_scheme", "http"), environ, _ENVIRON_GETTER,
-                _wsgi_attributes, _WsgiExchange,
+                _WSGI_REQUEST_ATTRIBUTES, _WsgiExchange,
             )  # fmt: skip
         except Exception:  # telemetry never costs the request
             _log_failure_once()
@@ -329,7 +315,7 @@ class HttpServerTelemetry:
         try:
             exchange = self.start(
                 scope.get("method", ""), scope.get("scheme", "http"), _AsgiHeaders(scope), _ASGI_GETTER,
-                _asgi_attributes,
+                _ASGI_REQUEST_ATTRIBUTES,
             )  # fmt: skip
         except Exception:  # telemetry never costs the request
             _log_failure_once()
@@ -360,8 +346,17 @@ class _WsgiExchange(Exchange):
 
     __slots__ = ("body", "environ", "respond", "route_of", "status")
 
-    def __init__(self, telemetry: HttpServerTelemetry, span: Any, method: str, active: Any, token: object) -> None:
-        super().__init__(telemetry, span, method, active, token)
+    def __init__(
+        self, telemetry: HttpServerTelemetry, span: Any, method: str, active: Callable[[float], None], token: object
+    ) -> None:
+        # Exchange's fields set here rather than through super().__init__: one frame less per request.
+        self._telemetry = telemetry
+        self.span = span
+        self._method = method
+        self._active = active
+        self._context_token = token
+        self._started = time.perf_counter()
+        self._done = False
         self.status = 0
         self.environ: Environ = {}
         self.respond: StartResponse = _no_response
@@ -376,10 +371,13 @@ class _WsgiExchange(Exchange):
         return self.respond(status_line, headers, exc_info)
 
     def route(self) -> str:
-        if self.route_of is None:
+        route_of = self.route_of
+        if route_of is _environ_route:  # Flask's: read here, a call less per request
+            return self.environ.get(_ROUTE, "")  # type: ignore[no-any-return]
+        if route_of is None:
             return ""
         try:
-            return self.route_of(self.environ)
+            return route_of(self.environ)
         except Exception:
             return ""
 
@@ -412,6 +410,30 @@ def _wsgi_url(environ: Environ) -> str:
 def _asgi_url(scope: Scope) -> str:
     server = scope.get("server") or ("", None)
     return f"{scope.get('scheme', 'http')}://{server[0]}{scope.get('root_path', '')}{scope.get('path', '')}"
+
+
+def _request_attributes(
+    attributes_of: Callable[[Any], dict[str, Any]], method_of: Callable[[Any], str]
+) -> Callable[[Any], dict[str, Any]]:
+    """``attributes_of`` with the method attributes added, and an empty dict where it fails
+    (an unusual environ or scope costs attributes, not the span). Made once per kind of
+    carrier, not per request."""
+
+    def request_attributes(carrier: Any) -> dict[str, Any]:
+        try:
+            found = attributes_of(carrier)
+        except Exception:
+            _log_failure_once()
+            found = {}
+        method = method_of(carrier)
+        if method in KNOWN_METHODS:
+            found[HTTP_REQUEST_METHOD] = method
+        else:
+            found[HTTP_REQUEST_METHOD] = _OTHER
+            found[HTTP_REQUEST_METHOD_ORIGINAL] = method
+        return found
+
+    return request_attributes
 
 
 def _wsgi_attributes(environ: Environ) -> dict[str, Any]:
@@ -483,6 +505,18 @@ def _asgi_attributes(carrier: _AsgiHeaders) -> dict[str, Any]:
     return attributes
 
 
+def _wsgi_method(environ: Environ) -> str:
+    return environ.get("REQUEST_METHOD", "")  # type: ignore[no-any-return]
+
+
+def _asgi_method(carrier: _AsgiHeaders) -> str:
+    return carrier.scope.get("method", "")  # type: ignore[no-any-return]
+
+
+_WSGI_REQUEST_ATTRIBUTES = _request_attributes(_wsgi_attributes, _wsgi_method)
+_ASGI_REQUEST_ATTRIBUTES = _request_attributes(_asgi_attributes, _asgi_method)
+
+
 def _asgi_route(scope: Scope, root_path: str) -> str:
     """The route template Starlette's router matched; a mount's prefix comes from how far
     the mounts moved ``root_path`` on the way in."""
@@ -536,7 +570,8 @@ def _hook_flask(module: ModuleType, telemetry: HttpServerTelemetry) -> None:
     original = flask.wsgi_app
 
     def wsgi_app(self: Any, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        return telemetry.call_wsgi(functools.partial(original, self), environ, start_response, _environ_route)
+        # A bound method: the app called the way Flask calls it, cheaper to make than a partial.
+        return telemetry.call_wsgi(original.__get__(self), environ, start_response, _environ_route)
 
     wsgi_app._meshlens = True  # type: ignore[attr-defined]
     functools.update_wrapper(wsgi_app, original)

@@ -21,15 +21,25 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import (
+    EventBase,
+    ReadableSpan,
+    Span,
+    SpanProcessor,
+    SynchronousMultiSpanProcessor,
+    Tracer,
+    TracerProvider,
+)
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
+    SimpleSpanProcessor,
     SpanExporter,
     SpanExportResult,
 )
@@ -42,9 +52,12 @@ from opentelemetry.sdk.trace.sampling import (
     SamplingResult,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import Link, SpanKind
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import Span as TraceSpan
+from opentelemetry.trace.propagation import get_current_span
 from opentelemetry.trace.span import TraceState
-from opentelemetry.util.types import Attributes
+from opentelemetry.util.types import AnyValue, Attributes
 
 from meshlens import catalogue
 from meshlens._version import __version__
@@ -52,7 +65,15 @@ from meshlens.instruments import Instruments
 from meshlens.otlp import EncodedSpan
 from meshlens.settings import DEFAULT_OTLP_GRPC_ENDPOINT, DEFAULT_OTLP_HTTP_ENDPOINT, Settings
 
+try:  # the SDK's internal span metrics when they are off (a private module of the SDK)
+    from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
+except ImportError:  # another SDK release: the metrics hook is always called
+
+    class NoOpTracerMetrics:  # type: ignore[no-redef]
+        """Stands in for the SDK's class: nothing is an instance of it."""
+
 _logger = logging.getLogger("meshlens")
+_sdk_logger = logging.getLogger("opentelemetry.sdk.trace")  # where the SDK's span warnings go
 
 # Downward-API variables, as the usual pod specs name them, for each resource attribute.
 KUBERNETES_ENV: Mapping[str, tuple[str, ...]] = {
@@ -133,6 +154,11 @@ class RecordUnsampled(Sampler):
     def __init__(self, delegate: Sampler) -> None:
         self._delegate = delegate
 
+    @property
+    def delegate(self) -> Sampler:
+        """The configured sampler, whose decision stands for callers that record their own metrics."""
+        return self._delegate
+
     def should_sample(
         self,
         parent_context: Context | None,
@@ -210,9 +236,17 @@ def build_exporter(settings: Settings) -> SpanExporter | None:
         )
     from opentelemetry.exporter.otlp.proto.http import Compression
 
-    from meshlens.otlp import FastOTLPSpanExporter
+    from meshlens.otlp import FastOTLPSpanExporter, keep_alive_transport
 
     compression_ = Compression.Gzip if settings.otlp_compression == "gzip" else Compression.NoCompression
+    transport = keep_alive_transport(endpoint)
+    if transport is not None:
+        try:
+            return FastOTLPSpanExporter(
+                endpoint=endpoint, headers=headers, timeout=timeout, compression=compression_, _transport=transport
+            )
+        except TypeError:  # an exporter without the transport argument: the stock transport
+            _logger.debug("meshlens: the OTLP exporter takes no transport; exporting through requests")
     return FastOTLPSpanExporter(endpoint=endpoint, headers=headers, timeout=timeout, compression=compression_)
 
 
@@ -315,13 +349,14 @@ class CountedBatchSpanProcessor(BatchSpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         queue = self._queue
-        if queue is not None and span.context.trace_flags.sampled and len(queue) >= self._capacity:
+        sampled = span.context.trace_flags.sampled
+        if queue is not None and sampled and len(queue) >= self._capacity:
             # Full: drop this span here, counted, rather than let the SDK drop the oldest
             # one and log a warning from the request's thread for every span.
             self._queue_full.inc()
             return
         emit = self._emit
-        if emit is None or not span.context.trace_flags.sampled:
+        if emit is None or not sampled:
             super().on_end(span)
             return
         try:
@@ -330,6 +365,12 @@ class CountedBatchSpanProcessor(BatchSpanProcessor):
             _logger.debug("meshlens: could not encode a span ahead of export", exc_info=True)
             item = span
         emit(item)
+
+    @property
+    def encodes_on_end(self) -> bool:
+        """Whether ``on_end`` encodes the span before it returns (then it may be handed the
+        span itself, not a copy)."""
+        return self._emit is not None
 
     def queued(self) -> int:
         return len(self._queue) if self._queue is not None else 0
@@ -390,3 +431,311 @@ def flush_and_shutdown(
     if processor is not None:
         processor.count_shutdown_drops(left)
     _logger.warning("meshlens: %d spans not flushed within %.1f s at exit; dropped", left, timeout_s)
+
+
+# -- server spans -------------------------------------------------------------------------
+
+# The trace flags the SDK's start_span builds for every span, built once.
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_SAMPLED_RANDOM = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
+_UNSAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_UNSAMPLED_RANDOM = TraceFlags(TraceFlags.DEFAULT | TraceFlags.RANDOM_TRACE_ID)
+_UNSET = Status(StatusCode.UNSET)
+# Hooks of the SDK's processors that do nothing: a server span skips calling them.
+_NO_OP_ON_START = frozenset(
+    getattr(cls, "on_start", None) for cls in (SpanProcessor, BatchSpanProcessor, SimpleSpanProcessor)
+)
+_NO_OP_ON_ENDING = frozenset(
+    getattr(cls, "_on_ending", None) for cls in (SpanProcessor, BatchSpanProcessor, SimpleSpanProcessor)
+)
+
+
+class ServerSpan(Span):
+    """The SERVER span of a request traced by meshlens's HTTP middlewares: an SDK span
+    (``trace.get_current_span()`` returns it, and ``set_attribute``, ``add_event``,
+    ``record_exception``, ``set_status``, child spans and log correlation work as on any
+    SDK span), built for the one span every request has.
+
+    What differs from the SDK's ``Tracer.start_span``, and why it is still the same span:
+
+    - It allocates only what a request uses. The SDK's span builds a validated attribute
+      mapping, two bounded lists and their locks up front; this one starts from the
+      middleware's own attributes (strings and integers it made, valid by construction)
+      in a plain dict, and switches to the SDK's ``BoundedAttributes`` the first time a
+      caller sets an attribute, so that a caller's values go through the SDK's validation
+      and limits exactly as before. Events and links get their bounded list on the first
+      one. When span limits are configured that the middleware's attributes could exceed,
+      they go through ``BoundedAttributes`` from the start.
+    - Span processors see start and end as the SDK's contract says: ``on_start`` with the
+      span and the parent context (after the request attributes are set, as when a span
+      is started with attributes), ``_on_ending`` with the span, ``on_end`` with a
+      read-only copy. Only calls known to do nothing are skipped (see
+      :class:`ServerSpanPipeline`), and meshlens's export queue takes the span itself,
+      because it encodes it on the spot.
+    """
+
+    # The SDK's fields as every server span starts (set on the instance when they change).
+    _kind = SpanKind.SERVER
+    _end_time: int | None = None
+    _events: Any = ()
+    _links: Any = ()
+    _status = _UNSET
+    _trace_config = None
+    _record_exception = True
+    _set_status_on_exception = True
+
+    def __init__(
+        self,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        tracer: Tracer,
+        attributes: dict[str, Any],
+        sampler_attributes: Attributes,
+        pipeline: ServerSpanPipeline,
+        record_end_metrics: Callable[[], None] | None,
+    ) -> None:
+        # Not the SDK's __init__: these are the fields the SDK's Span and ReadableSpan
+        # methods read, set as they would be, without the allocations described above
+        # (the ones every server span starts with are class attributes, below).
+        self._name = name
+        self._context = context
+        self._instrumentation_info = tracer.instrumentation_info
+        self._instrumentation_scope = tracer._instrumentation_scope
+        self._parent = parent
+        self._start_time = time.time_ns()
+        self._resource = tracer.resource
+        self._sampler = tracer.sampler
+        self._span_processor = tracer.span_processor
+        self._limits = limits = tracer._span_limits
+        self._lock = threading.Lock()
+        self._record_end_metrics = record_end_metrics
+        self._pipeline = pipeline
+        if sampler_attributes or limits.max_span_attribute_length is not None or (
+            limits.max_span_attributes is not None and len(attributes) > limits.max_span_attributes
+        ):
+            bounded = self._bounded_attributes(sampler_attributes)
+            bounded._set_items(attributes)
+            self._attributes: Any = bounded
+        else:
+            self._attributes = attributes
+
+    def _bounded_attributes(self, initial: Attributes) -> BoundedAttributes:
+        limits = self._limits
+        return BoundedAttributes(
+            limits.max_span_attributes, initial, immutable=False, max_value_len=limits.max_span_attribute_length
+        )
+
+    def _validated_attributes(self) -> BoundedAttributes:
+        """The attributes as the SDK keeps them, from the first attribute a caller sets on (lock held)."""
+        attributes = self._attributes
+        if type(attributes) is dict:  # the plain dict this span starts with (never a subclass)
+            attributes = self._attributes = self._bounded_attributes(attributes)
+        return attributes
+
+    def set_attribute(self, key: str, value: AnyValue) -> None:
+        with self._lock:
+            if self._end_time is not None:
+                _sdk_logger.warning("Setting attribute on ended span.")
+                return
+            self._validated_attributes()[key] = value
+
+    def set_attributes(self, attributes: Mapping[str, AnyValue]) -> None:
+        with self._lock:
+            if self._end_time is not None:
+                _sdk_logger.warning("Setting attribute on ended span.")
+                return
+            self._validated_attributes()._set_items(attributes)
+
+    def _add_event(self, event: EventBase) -> None:
+        with self._lock:
+            if type(self._events) is tuple:
+                self._events = BoundedList(self._limits.max_events)
+        Span._add_event(self, event)
+
+    def _add_link(self, link: Link) -> None:
+        with self._lock:
+            if type(self._links) is tuple:
+                self._links = BoundedList(self._limits.max_links)
+        Span._add_link(self, link)
+
+    def end_request(self, name: str, attributes: Mapping[str, str | int]) -> None:
+        """Renames (unless ``name`` is empty), adds the middleware's own attributes (str and int
+        values it built: stored as they are, unless the span already validates attributes or
+        a limit applies) and ends the span, under one lock."""
+        with self._lock:
+            if self._end_time is not None:
+                _sdk_logger.warning("Calling end() on an ended span.")
+                return
+            if name:
+                self._name = name
+            plain = self._attributes
+            limit = self._limits.max_span_attributes
+            if type(plain) is dict and (limit is None or len(plain) + len(attributes) <= limit):
+                plain.update(attributes)
+            else:
+                self._validated_attributes()._set_items(attributes)
+            self._end_time = time.time_ns()
+            if type(self._attributes) is not dict:  # BoundedAttributes (an ABC: isinstance is slow)
+                self._attributes._immutable = True
+        self._ended()
+
+    def start(self, start_time: int | None = None, parent_context: Context | None = None) -> None:
+        """A server span starts when it is made (see :meth:`ServerSpanStarter.start`)."""
+        _sdk_logger.warning("Calling start() on a started span.")
+
+    def end(self, end_time: int | None = None) -> None:
+        with self._lock:
+            if self._start_time is None:
+                raise RuntimeError("Calling end() on a not started span.")
+            if self._end_time is not None:
+                _sdk_logger.warning("Calling end() on an ended span.")
+                return
+            self._end_time = end_time if end_time is not None else time.time_ns()
+            if type(self._attributes) is not dict:  # BoundedAttributes (an ABC: isinstance is slow)
+                self._attributes._immutable = True
+        self._ended()
+
+    def _ended(self) -> None:
+        """What the SDK's Span.end does once the end time is set."""
+        if self._record_end_metrics is not None:
+            self._record_end_metrics()
+        pipeline = self._pipeline
+        for processor in pipeline.ending:
+            processor._on_ending(self)
+        for processor, takes_span in pipeline.ended:
+            # The SDK hands on_end a read-only copy; meshlens's export queue encodes the
+            # span before this call returns, so it takes the span itself.
+            processor.on_end(self if takes_span else self._readable_span())
+
+
+class ServerSpanPipeline:
+    """The provider's span processors, sorted by what each one does with a server span.
+
+    ``starting``: those whose ``on_start`` does something (the SDK's batch and simple
+    processors' do nothing; a processor that says it ignores the scope is left out, as
+    meshlens's RED processor does for the middleware's spans); ``ending``: those with an
+    ``_on_ending`` that does something; ``ended``: ``(processor, takes the span itself)``.
+    Rebuilt when the provider's processors change (a processor added after set-up).
+    """
+
+    __slots__ = ("ended", "ending", "source", "starting")
+
+    def __init__(self, source: object, processors: Sequence[SpanProcessor], scope_name: str) -> None:
+        self.source = source
+        kept = [p for p in processors if not _ignores_scope(p, scope_name)]
+        self.starting: tuple[SpanProcessor, ...] = tuple(
+            p for p in kept if getattr(type(p), "on_start", None) not in _NO_OP_ON_START
+        )
+        self.ending: tuple[SpanProcessor, ...] = tuple(
+            p for p in kept
+            if hasattr(p, "_on_ending") and getattr(type(p), "_on_ending", None) not in _NO_OP_ON_ENDING
+        )  # fmt: skip
+        self.ended: tuple[tuple[SpanProcessor, bool], ...] = tuple(
+            (p, isinstance(p, CountedBatchSpanProcessor) and p.encodes_on_end) for p in kept
+        )
+
+
+def _ignores_scope(processor: SpanProcessor, scope_name: str) -> bool:
+    ignores = getattr(processor, "ignores_scope", None)
+    try:
+        return bool(ignores(scope_name)) if callable(ignores) else False
+    except Exception:
+        return False
+
+
+class ServerSpanStarter:
+    """Starts the server spans of meshlens's HTTP middlewares, as the SDK's ``Tracer.start_span``
+    would (same sampler, id generator, tracer configuration, internal span metrics), with
+    :class:`ServerSpan` for a recording span.
+
+    Falls back to ``tracer.start_span`` when the tracer is not the SDK's or lacks one of the
+    private fields read here (another SDK release), and when the tracer is disabled.
+    """
+
+    def __init__(self, tracer: Any, scope_name: str) -> None:
+        self._tracer = tracer
+        self._scope_name = scope_name
+        # Private fields of the SDK's Tracer: its span limits, scope and internal metrics (the
+        # public API has no reader for them) and the provider's processor list.
+        self._fast = isinstance(tracer, Tracer) and all(
+            hasattr(tracer, name)
+            for name in ("_span_limits", "_instrumentation_scope", "_tracer_metrics", "_is_enabled",
+                         "id_generator", "sampler", "span_processor", "resource", "instrumentation_info")
+        )  # fmt: skip
+        self._pipeline: ServerSpanPipeline | None = None
+        # The SDK's internal span metrics, when they are on (set when the tracer is made).
+        metrics = getattr(tracer, "_tracer_metrics", None)
+        self._span_metrics = None if isinstance(metrics, NoOpTracerMetrics) else metrics
+
+    def pipeline(self) -> ServerSpanPipeline:
+        active = self._tracer.span_processor
+        processors = getattr(active, "_span_processors", None)
+        if not isinstance(active, SynchronousMultiSpanProcessor) or not isinstance(processors, tuple):
+            source: object = active
+            processors = (active,)  # e.g. the SDK's concurrent processor: called as a whole
+        else:
+            source = processors  # the SDK replaces the tuple when a processor is added
+        pipeline = self._pipeline
+        if pipeline is None or pipeline.source is not source:
+            pipeline = self._pipeline = ServerSpanPipeline(source, processors, self._scope_name)
+        return pipeline
+
+    def start(
+        self, name: str, parent: Context, attributes_of: Callable[[Any], dict[str, Any]], carrier: Any
+    ) -> TraceSpan:
+        """A SERVER span under ``parent``; ``attributes_of(carrier)`` is called only for a recording span."""
+        tracer = self._tracer
+        if not self._fast or not tracer._is_enabled():
+            return self._start_with_tracer(name, parent, attributes_of, carrier)
+        parent_span_context: SpanContext | None = get_current_span(parent).get_span_context()
+        ids = tracer.id_generator
+        if parent_span_context is not None and parent_span_context.is_valid:
+            trace_id = parent_span_context.trace_id
+            random_trace_id = parent_span_context.trace_flags.random_trace_id
+        else:
+            parent_span_context = None
+            trace_id = ids.generate_trace_id()
+            random_trace_id = ids.is_trace_id_random()
+        sampler = tracer.sampler
+        if type(sampler) is RecordUnsampled:
+            # What RecordUnsampled does for a caller that records its own metrics, without
+            # the context variable: the configured sampler's decision as it is.
+            result = sampler.delegate.should_sample(parent, trace_id, name, SpanKind.SERVER, None, ())
+        else:
+            token = CALLER_RECORDS_METRICS.set(True)
+            try:
+                result = sampler.should_sample(parent, trace_id, name, SpanKind.SERVER, None, ())
+            finally:
+                CALLER_RECORDS_METRICS.reset(token)
+        decision = result.decision
+        if decision is Decision.RECORD_AND_SAMPLE:
+            flags = _SAMPLED_RANDOM if random_trace_id else _SAMPLED
+        else:
+            flags = _UNSAMPLED_RANDOM if random_trace_id else _UNSAMPLED
+        context = SpanContext(trace_id, ids.generate_span_id(), False, flags, result.trace_state)
+        metrics = self._span_metrics
+        record_end_metrics = metrics.start_span(parent_span_context, decision) if metrics is not None else None
+        if decision is Decision.DROP:
+            return NonRecordingSpan(context)
+        pipeline = self.pipeline()
+        span = ServerSpan(
+            name, context, parent_span_context, tracer, attributes_of(carrier), result.attributes, pipeline,
+            record_end_metrics,
+        )  # fmt: skip
+        # What the SDK's Span.start does once the span exists (nothing else holds it yet).
+        for processor in pipeline.starting:
+            processor.on_start(span, parent_context=parent)
+        return span
+
+    def _start_with_tracer(
+        self, name: str, parent: Context, attributes_of: Callable[[Any], dict[str, Any]], carrier: Any
+    ) -> TraceSpan:
+        token = CALLER_RECORDS_METRICS.set(True)
+        try:
+            span = self._tracer.start_span(name, parent, SpanKind.SERVER)
+        finally:
+            CALLER_RECORDS_METRICS.reset(token)
+        if span.is_recording():
+            span.set_attributes(attributes_of(carrier))
+        return span

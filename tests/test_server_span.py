@@ -1,0 +1,266 @@
+"""meshlens's server span (meshlens.tracing.ServerSpan): an SDK span to everything that uses
+it, sampled exactly as the configured sampler says, seen by every span processor, and encoded
+byte-for-byte as the stock encoder encodes it. Plus the kept-alive export transport."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import socket
+import sys
+import threading
+from typing import ClassVar
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as stock_encode_spans
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import Span as SdkSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+from meshlens import httpserver, otlp
+from meshlens.instruments import Instruments
+from meshlens.red import RedMetricsProcessor
+from meshlens.settings import load_settings
+from meshlens.tracing import ServerSpan, build_sampler
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+UNSAMPLED_PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+
+
+class Recording(SpanProcessor):
+    """A user's processor: notes what it sees and sets an attribute at start (as a
+    baggage-to-attributes processor does)."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[dict, object]] = []
+        self.ended: list[ReadableSpan] = []
+
+    def on_start(self, span, parent_context=None) -> None:
+        self.started.append((dict(span.attributes), parent_context))
+        span.set_attribute("from.on_start", "yes")
+
+    def on_end(self, span) -> None:
+        self.ended.append(span)
+
+
+def _telemetry(ratio: str = "1.0", limits: SpanLimits | None = None, id_generator: IdGenerator | None = None):
+    settings = load_settings({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": ratio})
+    instruments = Instruments(100)
+    provider = TracerProvider(sampler=build_sampler(settings), span_limits=limits, id_generator=id_generator)
+    provider.add_span_processor(
+        RedMetricsProcessor(instruments, self_measured_scopes=frozenset({httpserver.SCOPE_NAME})))
+    exported = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    return provider, exported, httpserver.HttpServerTelemetry(provider, instruments)
+
+
+def _environ(**extra) -> dict:
+    base = {"REQUEST_METHOD": "GET", "PATH_INFO": "/items/7", "SCRIPT_NAME": "", "QUERY_STRING": "",
+            "SERVER_NAME": "svc", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(b""), "wsgi.errors": sys.stderr, "HTTP_HOST": "shop.example",
+            "REMOTE_ADDR": "10.0.0.9", "REMOTE_PORT": "5555"}
+    base.update(extra)
+    return base
+
+
+def _call(app, environ: dict) -> None:
+    body = app(environ, lambda status, headers, exc_info=None: None)
+    try:
+        b"".join(body)
+    finally:
+        body.close()
+
+
+def test_user_code_sees_an_sdk_span_and_its_calls_behave_as_on_the_sdk_span():
+    provider, exported, server = _telemetry()
+    seen = {}
+
+    user_attributes = {"order.id": 42, "odd": object(), "mixed": [1, "a"], "nested": {"a": 1}, "tags": ["a", "b"]}
+
+    def set_user_attributes(span) -> None:
+        span.set_attribute("order.id", 42)
+        span.set_attribute("odd", user_attributes["odd"])
+        span.set_attributes({key: user_attributes[key] for key in ("mixed", "nested", "tags")})
+
+    def app(environ, start_response):
+        span = trace.get_current_span()
+        seen["span"] = span
+        set_user_attributes(span)
+        span.add_event("cache miss", {"key": "item:1"})
+        with provider.get_tracer("user").start_as_current_span("child") as child:
+            seen["child_parent"] = child.parent
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    _call(server.wsgi(app, lambda env: "/items/{id}"), _environ())
+    span = seen["span"]
+    assert isinstance(span, ServerSpan) and isinstance(span, SdkSpan)
+    assert seen["child_parent"].span_id == span.get_span_context().span_id
+    server_span = next(s for s in exported.get_finished_spans() if s.kind is trace.SpanKind.SERVER)
+    with TracerProvider().get_tracer("stock").start_as_current_span("stock") as stock:
+        set_user_attributes(stock)  # what the SDK's own span keeps of the same values
+    assert {key: server_span.attributes[key] for key in user_attributes} == dict(stock.attributes)
+    assert server_span.attributes["http.route"] == "/items/{id}"
+    assert [event.name for event in server_span.events] == ["cache miss"]
+    assert server_span.name == "GET /items/{id}"
+    span.set_attribute("late", 1)  # after the end: ignored, as on the SDK's span
+    assert "late" not in server_span.attributes
+
+
+def test_an_exception_is_recorded_as_an_event_with_an_error_status():
+    _provider, exported, server = _telemetry()
+
+    def app(environ, start_response):
+        raise ValueError("no such item")
+
+    with pytest.raises(ValueError):
+        _call(server.wsgi(app), _environ())
+    (span,) = exported.get_finished_spans()
+    assert span.status.status_code is trace.StatusCode.ERROR
+    assert span.events[0].name == "exception" and span.events[0].attributes["exception.type"] == "ValueError"
+    assert span.attributes["error.type"] == "ValueError"
+
+
+def test_processors_see_start_with_the_request_attributes_and_end_with_a_readable_span():
+    provider, _exported, server = _telemetry()
+    recording = Recording()
+    provider.add_span_processor(recording)  # added after set-up: the span's processors follow
+    _call(server.wsgi(lambda env, sr: (sr("200 OK", []), [b""])[1]), _environ(HTTP_TRACEPARENT=TRACEPARENT))
+    ((attributes, parent_context),) = recording.started
+    assert attributes["http.request.method"] == "GET" and attributes["url.path"] == "/items/7"
+    parent = trace.get_current_span(parent_context).get_span_context()
+    assert format(parent.span_id, "016x") == TRACEPARENT.split("-")[2]
+    (ended,) = recording.ended
+    assert isinstance(ended, ReadableSpan) and not isinstance(ended, ServerSpan)
+    assert ended.attributes["from.on_start"] == "yes"
+    assert ended.attributes["http.response.status_code"] == 200
+
+
+def test_span_limits_apply_to_the_middleware_attributes_too():
+    _provider, exported, server = _telemetry(limits=SpanLimits(max_span_attributes=4, max_span_attribute_length=3))
+    _call(server.wsgi(lambda env, sr: (sr("200 OK", []), [b""])[1]), _environ())
+    (span,) = exported.get_finished_spans()
+    assert len(span.attributes) == 4 and span.dropped_attributes > 0
+    assert all(len(value) <= 3 for value in span.attributes.values() if isinstance(value, str))
+
+
+class _FixedIds(IdGenerator):
+    def __init__(self, trace_ids: list[int]) -> None:
+        self.trace_ids = trace_ids
+
+    def generate_span_id(self) -> int:
+        return 0x1111111111111111
+
+    def generate_trace_id(self) -> int:
+        return self.trace_ids.pop(0)
+
+
+@pytest.mark.parametrize("ratio", ["0", "0.25", "0.5", "1.0"])
+def test_sampling_follows_the_configured_sampler_exactly(ratio):
+    trace_ids = [(n * 0x9E3779B97F4A7C15_F39CC0605CEDC834) % (1 << 128) or 1 for n in range(1, 201)]
+    _provider, _exported, server = _telemetry(ratio, id_generator=_FixedIds(list(trace_ids)))
+    reference = ParentBased(TraceIdRatioBased(float(ratio)))
+    decisions = []
+
+    def app(environ, start_response):
+        decisions.append(trace.get_current_span().get_span_context().trace_flags.sampled)
+        start_response("200 OK", [])
+        return [b""]
+
+    traced = server.wsgi(app)
+    for _ in trace_ids:
+        _call(traced, _environ())
+    expected = [reference.should_sample(None, trace_id, "GET").decision.is_sampled() for trace_id in trace_ids]
+    assert decisions == expected
+    decisions.clear()
+    for header in (TRACEPARENT, UNSAMPLED_PARENT):  # a remote parent's decision wins, whatever the ratio
+        _call(traced, _environ(HTTP_TRACEPARENT=header))
+    assert decisions == [True, False]
+
+
+def test_the_server_span_encodes_to_the_stock_encoders_bytes():
+    _provider, exported, server = _telemetry()
+
+    def app(environ, start_response):
+        span = trace.get_current_span()
+        span.add_event("step", {"n": 1})
+        span.set_attribute("ratio", 0.5)
+        start_response("503 Service Unavailable", [])
+        return [b""]
+
+    _call(server.wsgi(app, lambda env: "/items/{id}"), _environ(HTTP_TRACEPARENT=TRACEPARENT, QUERY_STRING="q=1"))
+    spans = exported.get_finished_spans()
+    assert otlp.encode_spans(spans) == stock_encode_spans(spans).SerializePartialToString()
+
+
+# -- the kept-alive transport ---------------------------------------------------------------
+
+
+class _Collector(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    bodies: ClassVar[list[bytes]] = []
+
+    def do_POST(self) -> None:
+        self.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        return None
+
+
+@pytest.fixture
+def collector():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Collector.bodies = []
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_transport_keeps_one_connection_and_reconnects_when_it_is_closed(collector):
+    url = f"http://127.0.0.1:{collector.server_address[1]}/v1/traces"
+    transport = otlp.keep_alive_transport(url)
+    assert transport is not None
+    first = transport.request("POST", url, data=b"one", timeout=5)
+    connection = transport._connection
+    assert first.status_code == 200 and first.error is None
+    assert transport.request("POST", url, data=b"two", timeout=5).status_code == 200
+    assert transport._connection is connection  # kept alive
+    connection.sock.shutdown(socket.SHUT_RDWR)  # the connection dies while idle
+    failed = transport.request("POST", url, data=b"three", timeout=5)
+    assert failed.error is not None and transport.is_connection_error(failed.error)  # retried by the client
+    assert transport.request("POST", url, data=b"three", timeout=5).status_code == 200
+    assert _Collector.bodies == [b"one", b"two", b"three"]
+    transport.close()
+
+
+def test_a_refused_connection_is_a_connection_error():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1/traces"
+    transport = otlp.keep_alive_transport(url)
+    result = transport.request("POST", url, data=b"x", timeout=2)
+    assert result.status_code is None and transport.is_connection_error(result.error)
+
+
+def test_https_proxies_and_netrc_keep_the_stock_transport(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("NETRC", raising=False)
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert otlp.keep_alive_transport("https://collector:4318/v1/traces") is None
+    assert otlp.keep_alive_transport("http://collector:4318/v1/traces") is not None
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy:3128")
+    assert otlp.keep_alive_transport("http://collector:4318/v1/traces") is None
+    monkeypatch.delenv("HTTP_PROXY")
+    (tmp_path / ".netrc").write_text("machine collector login a password b\n")
+    assert otlp.keep_alive_transport("http://collector:4318/v1/traces") is None
