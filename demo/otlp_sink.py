@@ -1,17 +1,21 @@
-"""A local OTLP/HTTP trace receiver: decodes the protobuf and keeps the spans in memory.
+"""A local OTLP/HTTP trace receiver: decodes the protobuf, keeps the spans in memory and,
+when given a file, appends them to it as JSON lines.
 
 For local use only (the demo and the tests): it stands in for a collector and Jaeger on
-one machine. It is not a collector: no persistence, no auth, no limits beyond memory.
+one machine. It is not a collector: no auth, no retention, no limits beyond memory and disk.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import json
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -80,7 +84,8 @@ class OtlpSink:
     """An OTLP/HTTP trace receiver on loopback.
 
     ``mode`` is what it does with a request: ``ok``, ``refuse`` (HTTP 503) or
-    ``slow`` (waits ``delay`` seconds, then accepts).
+    ``slow`` (waits ``delay`` seconds, then accepts). ``store_to``: a file that every
+    received span is appended to, one JSON object per line.
     """
 
     port: int = 0
@@ -89,6 +94,7 @@ class OtlpSink:
     spans: list[ReceivedSpan] = field(default_factory=list)
     requests: int = 0
     headers: list[dict[str, str]] = field(default_factory=list)
+    store_to: Path | None = None
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -134,6 +140,9 @@ class OtlpSink:
     def store(self, spans: list[ReceivedSpan]) -> None:
         with self._lock:
             self.spans.extend(spans)
+            if self.store_to is not None:
+                with open(self.store_to, "a", encoding="utf-8") as out:
+                    out.writelines(json.dumps(dataclasses.asdict(span), default=str) + "\n" for span in spans)
 
     def snapshot(self) -> list[ReceivedSpan]:
         with self._lock:

@@ -1,227 +1,366 @@
-"""`make demo`: two services with only the import line, their trace and their metrics.
+"""`make demo`: the whole stack, live, on one machine, with no network and no Kubernetes.
 
-Starts a local trace sink, an inventory service (Flask on gunicorn) and a storefront
-(FastAPI on uvicorn) that calls it, drives traffic, then prints what an engineer looks
-at: the waterfall of one request across both services, the RED summary of each service
-read back from /metrics, and an exemplar that links a slow latency bucket to its trace.
-Everything runs on loopback and stops when the demo ends, also on Ctrl-C.
+Four services, each changed by one import line: a storefront BFF (FastAPI on uvicorn,
+2 workers) calls orders (Flask on gunicorn, 2 workers; PostgreSQL when reachable, else
+SQLite), which asks pricing (an old service traced with jaeger-client) for the price and
+publishes the order to Kafka (librdkafka's mock cluster); payments consumes it (Redis
+when reachable). A real Prometheus scrapes them with the generated rules, Alertmanager
+delivers to a local webhook, and a local OTLP sink stands in for Jaeger.
+
+The demo drives traffic, injects a fault into payments (slow, failing payment provider)
+until the SLO burn-rate alerts fire and reach Alertmanager, then prints the trace of one
+checkout across every service and the Kafka hop, the RED summary from Prometheus with
+the dashboards' own queries, the exemplar behind a slow bucket, and the alerts. It
+evaluates every query of every generated dashboard and exits non-zero when one that
+can run here returns no data, then builds and lints the Helm bundle. Everything it
+starts is stopped at the end, on Ctrl-C too.
+
+    python demo/run.py            # the full demo (about three minutes)
+    python demo/run.py --short    # the quick version `make test` runs (alerts pending, not firing)
 """
 
 from __future__ import annotations
 
-import contextlib
+import argparse
+import itertools
 import os
-import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
-import urllib.request
-from collections.abc import Iterator
+from collections import Counter
 from pathlib import Path
 
-from prometheus_client.openmetrics.parser import text_string_to_metric_families
-
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
 
-from demo.otlp_sink import OtlpSink, ReceivedSpan  # noqa: E402
-from meshlens import catalogue  # noqa: E402
-from meshlens.instruments import EXEMPLAR_TRACE_ID  # noqa: E402
+from demo import report  # noqa: E402
+from demo.otlp_sink import OtlpSink  # noqa: E402
+from demo.stack import (  # noqa: E402
+    Prometheus,
+    Stack,
+    Target,
+    Webhook,
+    alertmanager_config,
+    free_port,
+    http,
+    prometheus_config,
+    tool,
+)
 
-REQUESTS = int(os.environ.get("DEMO_REQUESTS", "300"))
-SERVER, CLIENT = 2, 3
-OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+APPS = HERE / "apps"
+DASHBOARDS = ROOT / "helm" / "meshlens" / "files" / "dashboards"
+RULES = ROOT / "helm" / "meshlens" / "files" / "rules"
+SERVICES = ("storefront", "orders", "pricing", "payments")
+FAULTY = "payments"
+BURN_ALERTS = ("MeshlensSLOBurnRateFast",)
+SERVER_KIND = 2
+POSTGRES_PORT, REDIS_PORT = 5432, 6379
 
 
-def free_port() -> int:
+def kafka_mock_cluster() -> tuple[object, str]:
+    """librdkafka's mock cluster lives in a client of this process; its broker listens on
+    loopback and the services connect to it as to any Kafka."""
+    from confluent_kafka import Producer
+
+    holder = Producer({"test.mock.num.brokers": 1, "log_level": 3})
+    brokers = holder.list_topics(timeout=10).brokers.values()
+    return holder, ",".join(f"{broker.host}:{broker.port}" for broker in brokers)
+
+
+ORDERS_TABLE = ("CREATE TABLE demo_orders (id {id} PRIMARY KEY, idempotency_key TEXT UNIQUE, product INTEGER, "
+                "price INTEGER)")
+
+
+def reachable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def get(url: str, accept: str = "") -> tuple[int, str]:
-    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
+def prepare_database(logs: Path) -> str:
+    """A fresh orders table: in the local PostgreSQL when one answers, else in SQLite."""
+    if reachable(POSTGRES_PORT):
+        try:
+            import psycopg
+
+            with psycopg.connect(f"postgresql://postgres@127.0.0.1:{POSTGRES_PORT}/test", connect_timeout=2) as db:
+                db.execute("DROP TABLE IF EXISTS demo_orders")
+                db.execute(ORDERS_TABLE.format(id="SERIAL"))
+            return f"postgresql+psycopg://postgres@127.0.0.1:{POSTGRES_PORT}/test"
+        except Exception as exc:
+            print(f"  PostgreSQL answers but cannot be used ({exc}); orders uses SQLite")
+    path = logs / "orders.db"
+    path.unlink(missing_ok=True)
+    with sqlite3.connect(path) as db:
+        db.execute(ORDERS_TABLE.format(id="INTEGER"))
+    return f"sqlite:///{path}"
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"a service exited during start-up (code {process.returncode})")
-        with contextlib.suppress(OSError):
-            if get(url)[0] == 200:
-                return
-        time.sleep(0.1)
-    raise SystemExit(f"{url} did not answer within {timeout:.0f} s")
+class Traffic:
+    """Checkouts at a steady rate from a few threads; counts the responses."""
 
+    def __init__(self, url: str, rate: float, threads: int = 3) -> None:
+        self.url, self.rate, self.threads = url, rate, threads
+        self.statuses: Counter[int] = Counter()
+        self._stop = threading.Event()
+        self._numbers = itertools.count(1)
+        self._lock = threading.Lock()
+        self._workers: list[threading.Thread] = []
 
-@contextlib.contextmanager
-def service(name: str, argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "wb") as out:
-        process = subprocess.Popen(argv, env=env, cwd=HERE / "apps", stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
+    def _run(self) -> None:
+        interval = self.threads / self.rate
+        while not self._stop.is_set():
+            started = time.monotonic()
+            with self._lock:
+                number = next(self._numbers)
             try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+                status, _ = http(f"{self.url}/checkout/{number}", data=b"{}", timeout=10)
+            except OSError:
+                status = 0
+            with self._lock:
+                self.statuses[status] += 1
+            self._stop.wait(max(0.0, interval - (time.monotonic() - started)))
+
+    def start(self) -> Traffic:
+        for index in range(self.threads):
+            worker = threading.Thread(target=self._run, name=f"traffic-{index}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(15)
+
+    def sent(self) -> int:
+        with self._lock:
+            return sum(self.statuses.values())
 
 
-def waterfall(spans: list[ReceivedSpan], trace_id: str) -> list[str]:
-    trace = sorted((s for s in spans if s.trace_id == trace_id), key=lambda s: s.start_ns)
-    by_parent: dict[str, list[ReceivedSpan]] = {}
-    for span in trace:
-        by_parent.setdefault(span.parent_span_id, []).append(span)
-    ids = {s.span_id for s in trace}
-    roots = [s for s in trace if s.parent_span_id not in ids]
-    start = min(s.start_ns for s in trace)
-    total = max(s.end_ns for s in trace) - start or 1
-    lines: list[str] = []
-
-    def walk(span: ReceivedSpan, depth: int) -> None:
-        offset = int(40 * (span.start_ns - start) / total)
-        width = max(1, int(40 * (span.end_ns - span.start_ns) / total))
-        bar = " " * offset + "█" * width
-        label = f"{'  ' * depth}{span.service}: {span.name}"
-        lines.append(f"  {label:<52} {bar:<41} {(span.end_ns - span.start_ns) / 1e6:7.1f} ms")
-        for child in by_parent.get(span.span_id, []):
-            walk(child, depth + 1)
-
-    for root in roots:
-        walk(root, 0)
-    return lines
+_last_line = [0.0]
 
 
-def quantile(buckets: list[tuple[float, float]], q: float) -> float:
-    """Linear interpolation inside cumulative buckets, as PromQL's histogram_quantile does."""
-    total = buckets[-1][1]
-    if total == 0:
-        return float("nan")
-    rank = q * total
-    lower_bound, lower_count = 0.0, 0.0
-    for bound, count in buckets:
-        if count >= rank:
-            if bound == float("inf"):
-                return lower_bound
-            return lower_bound + (bound - lower_bound) * (rank - lower_count) / max(count - lower_count, 1e-9)
-        lower_bound, lower_count = bound, count
-    return lower_bound
+def progress(label: str, fraction: float, detail: str) -> None:
+    """A bar redrawn in place on a terminal; a line every 10 s in a log."""
+    done = int(30 * min(1.0, fraction))
+    line = f"  {label:<14} [{'#' * done}{'.' * (30 - done)}] {detail:<48}"
+    if sys.stdout.isatty():
+        print(f"\r{line}", end="", flush=True)
+    elif time.monotonic() - _last_line[0] >= 10:
+        _last_line[0] = time.monotonic()
+        print(line.rstrip(), flush=True)
 
 
-def red_summary(name: str, metrics_url: str) -> tuple[list[str], tuple[str, float, str] | None]:
-    _, text = get(metrics_url, OPENMETRICS)
-    spec = catalogue.HTTP_SERVER_REQUEST_DURATION
-    family = next(f for f in text_string_to_metric_families(text) if f.name == spec.name)
-    routes: dict[str, dict[str, list[tuple[float, float]]]] = {}
-    slowest_exemplar: tuple[str, float, str] | None = None
-    for sample in family.samples:
-        if not sample.name.endswith("_bucket"):
-            continue
-        route = sample.labels.get(catalogue.HTTP_ROUTE, "")
-        status = sample.labels.get(catalogue.HTTP_RESPONSE_STATUS_CODE, "")
-        routes.setdefault(route, {}).setdefault(status, []).append((float(sample.labels["le"]), sample.value))
-        if sample.exemplar and (slowest_exemplar is None or sample.exemplar.value > slowest_exemplar[1]):
-            slowest_exemplar = (sample.labels["le"], sample.exemplar.value, sample.exemplar.labels[EXEMPLAR_TRACE_ID])
-    lines = []
-    for route, by_status in sorted(routes.items()):
-        if route in ("/health", ""):
-            continue
-        merged: dict[float, float] = {}
-        errors = 0.0
-        for status, buckets in by_status.items():
-            for bound, count in buckets:
-                merged[bound] = merged.get(bound, 0.0) + count
-            if status.startswith("5"):
-                errors += max(count for _, count in buckets)
-        buckets = sorted(merged.items())
-        total = buckets[-1][1]
-        p50, p95, p99 = (quantile(buckets, q) * 1000 for q in (0.5, 0.95, 0.99))
-        lines.append(f"  {name:<11} {route:<26} {total:>6.0f} {100 * errors / total:>7.1f}% "
-                     f"{p50:>8.1f} {p95:>8.1f} {p99:>8.1f}")
-    return lines, slowest_exemplar
-
-
-def main() -> int:
-    sink = OtlpSink().start()
+def start_services(stack: Stack, sink: OtlpSink, bootstrap: str, fault_file: Path, database: str,
+                   ) -> tuple[list[Target], str]:
+    """Starts the four services; returns their scrape targets and the storefront's URL."""
     bin_dir = Path(sys.executable).parent
-    inventory_port, storefront_port = free_port(), free_port()
-    inventory_metrics, storefront_metrics = free_port(), free_port()
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MESHLENS_"))}
-    base.update({"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200",
-                 "MESHLENS_METRICS_HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"})
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MESHLENS_", "PROMETHEUS_"))}
+    base.update({"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "500",
+                 "MESHLENS_METRICS_HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1", "KAFKA_BOOTSTRAP": bootstrap,
+                 "OTEL_RESOURCE_ATTRIBUTES": "k8s.namespace.name=demo", "PAYMENTS_FAULT_FILE": str(fault_file),
+                 "ORDERS_DATABASE_URL": database})
+    ports = {name: (free_port(), free_port()) for name in SERVICES}
+
+    def env(name: str, **extra: str) -> dict[str, str]:
+        return {**base, "OTEL_SERVICE_NAME": name, "MESHLENS_METRICS_PORT": str(ports[name][1]), **extra}
+
+    pricing = stack.start("pricing", [sys.executable, "pricing.py"], env("pricing", PORT=str(ports["pricing"][0])),
+                          cwd=APPS)
+    orders = stack.start("orders", [str(bin_dir / "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{ports['orders'][0]}",
+                                    "orders:app"],
+                         env("orders", PRICING_URL=f"http://127.0.0.1:{ports['pricing'][0]}"), cwd=APPS)
+    storefront = stack.start("storefront", [str(bin_dir / "uvicorn"), "--workers", "2", "--host", "127.0.0.1",
+                                            "--port", str(ports["storefront"][0]), "--log-level", "warning",
+                                            "storefront:app"],
+                             env("storefront", ORDERS_URL=f"http://127.0.0.1:{ports['orders'][0]}"), cwd=APPS)
+    payments = stack.start("payments", [sys.executable, "payments.py"], env("payments"), cwd=APPS)
+    for process, name in ((pricing, "pricing"), (orders, "orders"), (storefront, "storefront")):
+        stack.wait_ready(process, f"http://127.0.0.1:{ports[name][0]}/health")
+    stack.wait_ready(payments, f"http://127.0.0.1:{ports['payments'][1]}/metrics")
+    return [Target(name, ports[name][1]) for name in SERVICES], f"http://127.0.0.1:{ports['storefront'][0]}"
+
+
+def start_monitoring(stack: Stack, targets: list[Target], webhook: Webhook) -> Prometheus:
+    alertmanager_port, prometheus_port = free_port(), free_port()
+    (stack.logs / "alertmanager.yml").write_text(alertmanager_config(webhook.url))
+    alertmanager = stack.start("alertmanager", [
+        tool("prometheus-alertmanager"), f"--config.file={stack.logs / 'alertmanager.yml'}",
+        f"--storage.path={stack.logs / 'alertmanager-data'}", f"--web.listen-address=127.0.0.1:{alertmanager_port}",
+        "--cluster.listen-address=",
+    ])
+    (stack.logs / "prometheus.yml").write_text(
+        prometheus_config(targets, sorted(RULES.glob("*.yaml")), alertmanager_port))
+    prometheus = stack.start("prometheus", [
+        tool("prometheus"), f"--config.file={stack.logs / 'prometheus.yml'}",
+        f"--storage.tsdb.path={stack.logs / 'prometheus-data'}", f"--web.listen-address=127.0.0.1:{prometheus_port}",
+        "--enable-feature=exemplar-storage",
+    ])
+    stack.wait_ready(alertmanager, f"http://127.0.0.1:{alertmanager_port}/-/ready")
+    stack.wait_ready(prometheus, f"http://127.0.0.1:{prometheus_port}/-/ready")
+    return Prometheus(prometheus_port)
+
+
+def drive(traffic: Traffic, prometheus: Prometheus, webhook: Webhook, fault_file: Path, short: bool) -> list[str]:
+    """Normal traffic, then the fault until the burn-rate alert fires and is delivered
+    (pending is enough for --short). Returns the alerts delivered to the webhook."""
+    warmup = 10 if short else 20
+    # The fault runs at least this long, so that its failures are in the dashboards' windows.
+    least = 15
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < warmup:
+        progress("normal traffic", elapsed / warmup, f"{traffic.sent()} checkouts")
+        time.sleep(0.5)
+    if sys.stdout.isatty():
+        print()
+    fault_file.touch()
+    limit = 45 if short else 210
+    wanted = "pending" if short else "delivered"
+    started = time.monotonic()
+    state = "none"
+    while (elapsed := time.monotonic() - started) < limit:
+        states = {a["state"] for a in prometheus.alerts()
+                  if a["labels"].get("alertname") in BURN_ALERTS and a["labels"].get("service") == FAULTY}
+        delivered = [a for a in webhook.received() if a["labels"].get("service") == FAULTY]
+        state = "delivered" if delivered else "firing" if "firing" in states else \
+            "pending" if "pending" in states else "none"
+        progress("payments fault", elapsed / limit, f"{traffic.sent()} checkouts, burn-rate alert: {state}")
+        if elapsed >= least and (state == wanted or (short and state in ("firing", "delivered"))):
+            break
+        time.sleep(1)
+    if sys.stdout.isatty():
+        print()
+    fault_file.unlink(missing_ok=True)
+    if state == "none" or (not short and state != "delivered"):
+        raise SystemExit(f"the burn-rate alert for {FAULTY} did not reach {wanted!r} within {limit} s (got {state!r})")
+    return [f"{a['labels'].get('alertname')} {a['labels'].get('service')} ({a['labels'].get('slo', '')}, "
+            f"{a['labels'].get('severity', '')})" for a in webhook.received()]
+
+
+def show_trace(sink: OtlpSink) -> None:
+    """A checkout that made it through the Kafka hop to payments."""
+    def complete(spans: list) -> bool:  # type: ignore[type-arg]
+        services = {}
+        for span in spans:
+            services.setdefault(span.trace_id, set()).add(span.service)
+        return any(set(SERVICES) <= found for found in services.values())
+
+    spans = sink.wait_for(complete, timeout=30)
+    by_trace: dict[str, set[str]] = {}
+    for span in spans:
+        by_trace.setdefault(span.trace_id, set()).add(span.service)
+    trace_id = next(t for t, found in by_trace.items() if set(SERVICES) <= found)
+    print(f"\nOne checkout across every service and the Kafka hop (trace {trace_id}):")
+    print("\n".join(report.waterfall(spans, trace_id)))
+
+
+def show_exemplar(prometheus: Prometheus, sink: OtlpSink) -> None:
+    found = prometheus.exemplars('http_server_request_duration_seconds_bucket{service="storefront"}')
+    best = None
+    for series in found:
+        for exemplar in series.get("exemplars", []):
+            value = float(exemplar["value"])
+            if best is None or value > best[0]:
+                best = (value, series["seriesLabels"].get("le", "?"), exemplar["labels"].get("trace_id", ""))
+    if best is None:
+        raise SystemExit("Prometheus holds no exemplar for storefront's latency histogram")
+    value, le, trace_id = best
+    stored = bool(sink.trace(trace_id))
+    print(f"\nExemplar: storefront's latency bucket le={le} holds a {value * 1000:.0f} ms checkout, trace {trace_id} "
+          f"({'in the trace sink' if stored else 'NOT in the trace sink'}):")
+    print("\n".join(report.waterfall(sink.snapshot(), trace_id)))
+
+
+def build_and_lint_bundle() -> None:
+    bin_dir = Path(sys.executable).parent
+    build = subprocess.run([str(bin_dir / "meshlens"), "build", "--check"], cwd=ROOT, capture_output=True, text=True,
+                           check=False)
+    if build.returncode != 0:
+        raise SystemExit(f"meshlens build --check failed:\n{build.stdout}{build.stderr}")
+    helm = ROOT / ".cache" / "tools" / "helm4" / "helm"
+    lint = subprocess.run([str(helm), "lint", "--strict", str(ROOT / "helm" / "meshlens")], capture_output=True,
+                          text=True, check=False)
+    if lint.returncode != 0:
+        raise SystemExit(f"helm lint failed:\n{lint.stdout}{lint.stderr}")
+    print("\nHelm bundle: `meshlens build --check` up to date (dashboards, rules, rule tests, collector), "
+          f"`helm lint --strict` passed ({lint.stdout.strip().splitlines()[-1]})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--short", action="store_true", help="the quick version that `make test` runs")
+    args = parser.parse_args(argv)
     logs = Path(os.environ.get("DEMO_LOGS", "/tmp/meshlens-demo"))
     logs.mkdir(parents=True, exist_ok=True)
-    print(f"meshlens demo: trace sink on {sink.endpoint} (local use only), logs in {logs}/")
-    inventory_env = {**base, "OTEL_SERVICE_NAME": "inventory", "MESHLENS_METRICS_PORT": str(inventory_metrics)}
-    storefront_env = {**base, "OTEL_SERVICE_NAME": "storefront", "MESHLENS_METRICS_PORT": str(storefront_metrics),
-                      "INVENTORY_URL": f"http://127.0.0.1:{inventory_port}"}
-    inventory_argv = [str(bin_dir / "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{inventory_port}", "inventory:app"]
-    storefront_argv = [str(bin_dir / "uvicorn"), "--host", "127.0.0.1", "--port", str(storefront_port),
-                       "--log-level", "warning", "storefront:app"]
+    for leftover in ("spans.jsonl", "orders.db"):
+        (logs / leftover).unlink(missing_ok=True)
+    began = time.monotonic()
+    sink = OtlpSink(store_to=logs / "spans.jsonl").start()
+    webhook = Webhook()
+    stack = Stack(logs)
+    fault_file = logs / "payments.fault"
+    fault_file.unlink(missing_ok=True)
+    traffic = None
     try:
-        with service("inventory", inventory_argv, inventory_env, logs / "inventory.log") as inventory, \
-                service("storefront", storefront_argv, storefront_env, logs / "storefront.log") as storefront:
-            wait_ready(f"http://127.0.0.1:{inventory_port}/health", inventory)
-            wait_ready(f"http://127.0.0.1:{storefront_port}/health", storefront)
-            print(f"started inventory (gunicorn, 2 workers) and storefront (uvicorn); sending {REQUESTS} requests")
-            statuses: dict[int, int] = {}
-            for number in range(1, REQUESTS + 1):
-                status, _ = get(f"http://127.0.0.1:{storefront_port}/products/{number}")
-                statuses[status] = statuses.get(status, 0) + 1
-                if number % 25 == 0 or number == REQUESTS:
-                    done = int(30 * number / REQUESTS)
-                    print(f"\r  [{'#' * done}{'.' * (30 - done)}] {number}/{REQUESTS}", end="", flush=True)
-            print(f"\n  responses: {', '.join(f'{code}: {count}' for code, count in sorted(statuses.items()))}")
+        _cluster, bootstrap = kafka_mock_cluster()
+        print(f"meshlens demo: logs and the trace sink's file in {logs}/ (the sink is for local use only)")
+        print(f"  Kafka mock cluster on {bootstrap}; starting {', '.join(SERVICES)}, Prometheus and Alertmanager")
+        database = prepare_database(logs)
+        print(f"  orders' database: {database.split('://')[0]}; Redis for payments: "
+              f"{'yes' if reachable(REDIS_PORT) else 'no (kept in memory)'}")
+        targets, storefront_url = start_services(stack, sink, bootstrap, fault_file, database)
+        prometheus = start_monitoring(stack, targets, webhook)
+        traffic = Traffic(storefront_url, rate=15 if args.short else 25).start()
+        delivered = drive(traffic, prometheus, webhook, fault_file, args.short)
+        traffic.stop()
+        print(f"  responses: {', '.join(f'{code}: {count}' for code, count in sorted(traffic.statuses.items()))}")
 
-            spans = sink.wait_for(lambda s: sum(x.kind == SERVER and x.service == "storefront"
-                                                and "/products" in str(x.attributes.get("http.route")) for x in s)
-                                  >= REQUESTS, timeout=20)
-            print("\nOne request, as Jaeger would show it (storefront -> inventory):")
-            sample = next(s for s in spans if s.service == "storefront" and s.kind == SERVER
-                          and "/products" in str(s.attributes.get("http.route"))
-                          and s.attributes.get("http.response.status_code") == 200)
-            print("\n".join(waterfall(spans, sample.trace_id)))
-            print(f"  trace id {sample.trace_id}")
+        show_trace(sink)
+        print("\nRED per service and route over the last minute, from Prometheus, with the queries of the "
+              "Service overview dashboard's table:")
+        print("\n".join(report.red_lines(prometheus, DASHBOARDS)))
+        show_exemplar(prometheus, sink)
+        alerts = [a for a in prometheus.alerts() if a["state"] in ("pending", "firing")]
+        print("\nAlerts in Prometheus:")
+        for alert in sorted(alerts, key=lambda a: (a["labels"].get("alertname", ""), a["labels"].get("service", ""))):
+            labels = alert["labels"]
+            print(f"  {alert['state']:<8} {labels.get('alertname')} service={labels.get('service', '')} "
+                  f"{labels.get('slo', '')}")
+        print("Delivered by Alertmanager to the webhook:")
+        print("\n".join(f"  {line}" for line in delivered) or "  (none yet: --short stops at pending)")
 
-            print("\nRED summary read back from /metrics (http_server_request_duration_seconds):")
-            header = ("service", "route", "count", "errors", "p50 ms", "p95 ms", "p99 ms")
-            print("  {:<11} {:<26} {:>6} {:>8} {:>8} {:>8} {:>8}".format(*header))
-            exemplar = None
-            for name, port in (("storefront", storefront_metrics), ("inventory", inventory_metrics)):
-                lines, found = red_summary(name, f"http://127.0.0.1:{port}/metrics")
-                print("\n".join(lines))
-                if name == "storefront":
-                    exemplar = found
-            if exemplar:
-                le, value, trace_id = exemplar
-                with contextlib.suppress(AssertionError):  # the downstream half may still be in flight
-                    sink.wait_for(lambda s: any(x.trace_id == trace_id and x.service == "inventory" for x in s), 5)
-                stored = any(s.trace_id == trace_id for s in sink.snapshot())
-                where = "found in the trace sink" if stored else "NOT in the trace sink"
-                print(f"\nExemplar: the storefront's bucket le={le} holds a {value * 1000:.0f} ms request, "
-                      f"trace {trace_id} ({where}):")
-                print("\n".join(waterfall(sink.snapshot(), trace_id)))
-            log_line = next((line for line in (logs / "inventory.log").read_text().splitlines()
-                             if "trace_id=" in line and "stock looked up" in line), "")
-            print(f"\nA log line of inventory, with its trace:\n  {log_line}")
+        unused = {"rpc_client_": "no demo service makes gRPC calls", "rpc_server_": "no demo service serves gRPC",
+                  "temporal_": "no demo service runs Temporal"}
+        if not database.startswith("postgresql"):
+            unused['db_system_name="postgresql"'] = "no PostgreSQL on this machine (orders used SQLite)"
+        if not reachable(REDIS_PORT):
+            unused['db_system_name="redis"'] = "no Redis on this machine"
+        results = report.evaluate_dashboards(prometheus, DASHBOARDS, unused)
+        print("\nEvery query of every generated dashboard, against the live Prometheus:")
+        print("\n".join(report.dashboard_lines(results)))
+        build_and_lint_bundle()
+        empty = [r for r in results if r.empty]
+        if empty:
+            print(f"\n{len(empty)} dashboard queries returned no data")
+            return 1
+        print(f"\nDone in {time.monotonic() - began:.0f} s.")
+        return 0
     except KeyboardInterrupt:
-        print("\ninterrupted; stopping the services")
+        print("\ninterrupted")
         return 130
     finally:
+        if traffic is not None:
+            traffic.stop()
+        fault_file.unlink(missing_ok=True)
+        killed = stack.stop()
+        webhook.stop()
         sink.stop()
-    print("\nAll services stopped.")
-    return 0
+        print("Stopped everything the demo started" + (f" (had to kill {', '.join(killed)})." if killed else "."))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted(build.DEFAULT_DASHBOARDS.glob("*.dashboard.py"))
 CHART_DASHBOARDS = ROOT / "helm" / "meshlens" / "files" / "dashboards"
 EXPECTED = {
-    "meshlens-service-overview", "meshlens-dependencies", "meshlens-databases", "meshlens-kafka",
+    "meshlens-service-overview", "meshlens-dependencies", "meshlens-databases", "meshlens-kafka", "meshlens-temporal",
     "meshlens-python-runtime", "meshlens-istio-mesh", "meshlens-collector", "meshlens-slos",
 }
 

@@ -9,14 +9,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry import baggage, trace
-from opentelemetry.context import Context
+from opentelemetry.context import Context, set_value
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
 from meshlens import _setup
 from meshlens.propagation import (
     FORMATS,
+    MAX_BAGGAGE_ENTRIES,
+    MAX_DEBUG_ID_CHARS,
     MAX_HEADER_BYTES,
+    SPAN_BAGGAGE_KEY,
+    JaegerDebugSampler,
     MeshlensPropagator,
+    baggage_properties,
+    jaeger_debug_id,
+    parse_baggage_members,
+    parse_jaeger_baggage,
     parse_traceparent,
     parse_tracestate,
     request_id,
@@ -291,7 +299,7 @@ def test_tracestate_round_trips_through_inject():
 # --- hostile input -----------------------------------------------------------------
 
 HEADERS = ["traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled", "x-b3-flags",
-           "uber-trace-id", "uberctx-k", "baggage", "x-request-id"]
+           "uber-trace-id", "uberctx-k", "baggage", "x-request-id", "jaeger-debug-id", "jaeger-baggage"]
 PATHOLOGICAL = [" " * 65536, "\t," * 32768, "a=" * 32768, "-" * 65536, ":" * 65536, "%3A" * 21845,
                 "0" * 65536, "f" * 65536, "\x00" * 65536, "\u00e9" * 65536, "a@" * 32768, ";=" * 32768]
 
@@ -362,3 +370,119 @@ def test_nothing_retained_across_calls():
     tracemalloc.stop()
     grown = sum(stat.size_diff for stat in after.compare_to(before, "filename") if stat.size_diff > 0)
     assert grown < 64 * 1024
+
+
+# --- Jaeger debug requests, jaeger-baggage, W3C baggage properties ---------------------------
+
+def test_jaeger_debug_id_without_trace_context_marks_a_debug_request():
+    context = DEFAULT.extract({"jaeger-debug-id": "ticket-4711"})
+    assert ids(context) is None
+    assert jaeger_debug_id(context) == "ticket-4711"
+    # Beside a trace context it is ignored, as jaeger-client ignores it.
+    assert jaeger_debug_id(DEFAULT.extract({**W3C, "jaeger-debug-id": "x"})) is None
+    assert jaeger_debug_id(DEFAULT.extract({**JAEGER, "jaeger-debug-id": "x"})) is None
+    for bad in ["", "\x00bad", "caf\u00e9", "x" * (MAX_DEBUG_ID_CHARS + 1)]:
+        assert jaeger_debug_id(DEFAULT.extract({"jaeger-debug-id": bad})) is None, bad
+    assert jaeger_debug_id(DEFAULT.extract({"jaeger-debug-id": ["a", "b"]})) is None  # repeated
+    assert jaeger_debug_id(MeshlensPropagator(("tracecontext",)).extract({"jaeger-debug-id": "x"})) is None
+
+
+def test_debug_flag_goes_out_again_only_on_sampled_spans():
+    carrier: dict[str, str] = {}
+    DEFAULT.inject(carrier, DEFAULT.extract({"uber-trace-id": f"{JAEGER_64}:{JAEGER_64}:0:3"}))
+    assert carrier["uber-trace-id"] == f"{'0' * 16}{JAEGER_64}:{JAEGER_64}:0:03"
+    assert carrier["traceparent"].endswith("-01")  # W3C has no debug flag: sampled only
+    carrier = {}
+    DEFAULT.inject(carrier, DEFAULT.extract({"uber-trace-id": f"{JAEGER_64}:{JAEGER_64}:0:1"}))
+    assert carrier["uber-trace-id"].endswith(":01")
+    carrier = {}
+    DEFAULT.inject(carrier, DEFAULT.extract({"uber-trace-id": f"{JAEGER_64}:{JAEGER_64}:0:2"}))
+    assert carrier["uber-trace-id"].endswith(":00")  # debug without sampled: not a sampled trace
+
+
+def sampled_by(sampler, context, attributes=None):
+    from opentelemetry.sdk.trace.sampling import Decision
+    result = sampler.should_sample(context, 0x1234, "span", attributes=attributes)
+    return result.decision is Decision.RECORD_AND_SAMPLE, dict(result.attributes or {})
+
+
+def test_debug_sampler_forces_debug_requests_and_leaves_the_rest_to_the_delegate():
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+
+    sampler = JaegerDebugSampler(ParentBased(ALWAYS_OFF))
+    assert sampled_by(sampler, DEFAULT.extract({"jaeger-debug-id": "t-1"})) == (True, {"jaeger-debug-id": "t-1"})
+    assert sampled_by(sampler, DEFAULT.extract({})) == (False, {})
+    assert sampled_by(sampler, DEFAULT.extract({"uber-trace-id": f"{JAEGER_64}:{JAEGER_64}:0:3"})) == (True, {})
+    assert sampled_by(JaegerDebugSampler(ALWAYS_OFF), DEFAULT.extract({"uber-trace-id": f"{JAEGER_64}:1:0:3"}))[0]
+    # The debug bit without the sampled bit: jaeger-client does not sample it either.
+    assert sampled_by(sampler, DEFAULT.extract({"uber-trace-id": f"{JAEGER_64}:{JAEGER_64}:0:2"}))[0] is False
+    assert sampled_by(sampler, None, {"sampling.priority": 1, "k": "v"}) == (True, {"sampling.priority": 1, "k": "v"})
+    assert sampled_by(sampler, None, {"sampling.priority": 0})[0] is False
+    assert sampler.get_description().startswith("JaegerDebug{ParentBased{root:AlwaysOffSampler")
+
+
+def test_jaeger_baggage_header_as_jaeger_client_reads_it():
+    assert parse_jaeger_baggage("k1=v1, k2 = v2,k3=a%20b") == [("k1", "v1"), ("k2", "v2"), ("k3", "a b")]
+    # Exactly one '=' per member, as jaeger-client requires; a bad member costs only itself.
+    assert parse_jaeger_baggage("a=1=2,b,=3,c=ok,bad key=1,d=\x01") == [("c", "ok")]
+    assert len(parse_jaeger_baggage(",".join(f"k{i}=v" for i in range(500)))) == MAX_BAGGAGE_ENTRIES
+    context = DEFAULT.extract({"jaeger-baggage": "tenant=edge,region=eu"})
+    assert ids(context) is None  # baggage without a trace
+    assert baggage.get_all(context) == {"tenant": "edge", "region": "eu"}
+
+
+def test_baggage_precedence_jaeger_baggage_then_uberctx_then_w3c():
+    carrier = {**JAEGER, "jaeger-baggage": "a=jb,b=jb,c=jb", "uberctx-b": "uber", "uberctx-c": "uber",
+               "baggage": "c=w3c"}
+    assert baggage.get_all(DEFAULT.extract(carrier)) == {"a": "jb", "b": "uber", "c": "w3c"}
+
+
+def test_w3c_baggage_properties_are_kept_and_written_again():
+    assert parse_baggage_members("user=42;prop=1; flag ;bad key=x;v=%20, plain=1") == [
+        ("user", "42", "prop=1;flag;v=%20"), ("plain", "1", "")]
+    context = DEFAULT.extract({"baggage": "user=42;prop=1;flag,tenant=acme"})
+    assert baggage.get_all(context) == {"user": "42", "tenant": "acme"}
+    assert baggage_properties(context) == {"user": "prop=1;flag"}
+    carrier: dict[str, str] = {}
+    DEFAULT.inject(carrier, context)
+    assert carrier["baggage"] == "user=42;prop=1;flag,tenant=acme"
+    assert carrier["uberctx-user"] == "42"  # Jaeger's baggage has no properties
+    # An entry given a new value has lost the properties of the old one.
+    changed = baggage.set_baggage("user", "43", context)
+    assert baggage_properties(changed) == {}
+    carrier = {}
+    DEFAULT.inject(carrier, changed)
+    assert carrier["baggage"] == "user=43,tenant=acme"
+
+
+def test_span_baggage_goes_out_with_the_context_baggage_and_wins():
+    context = DEFAULT.extract({**W3C, "baggage": "a=ctx,b=ctx"})
+    context = set_value(SPAN_BAGGAGE_KEY, {"b": "span", "c": "span"}, context)
+    carrier: dict[str, str] = {}
+    DEFAULT.inject(carrier, context)
+    assert carrier["baggage"] == "a=ctx,b=span,c=span"
+    assert carrier["uberctx-c"] == "span"
+
+
+NEW_HEADERS = ["jaeger-debug-id", "jaeger-baggage", "baggage", "uber-trace-id"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(NEW_HEADERS), st.one_of(
+    values,
+    st.text(alphabet="ab=,;% \t\x00\u00e9", max_size=256),
+    st.integers(MAX_HEADER_BYTES - 8, MAX_HEADER_BYTES + 64).map(lambda n: ("k=v;p=1," * n)[:n]),
+), max_size=4))
+def test_fuzz_jaeger_debug_and_baggage_headers(carrier):
+    context = ALL.extract(carrier)
+    assert len(jaeger_debug_id(context) or "") <= MAX_DEBUG_ID_CHARS
+    entries = baggage.get_all(context)
+    assert len(entries) <= 2 * MAX_BAGGAGE_ENTRIES  # jaeger-baggage and W3C, each bounded
+    assert sum(len(key) + len(str(value)) for key, value in entries.items()) <= 2 * MAX_HEADER_BYTES
+    properties = baggage_properties(context)
+    assert set(properties) <= set(entries)
+    assert sum(map(len, properties.values())) <= MAX_HEADER_BYTES
+    out: dict[str, str] = {}
+    ALL.inject(out, context)
+    assert len(out.get("baggage", "")) <= MAX_HEADER_BYTES
+    assert ALL.extract(out) is not None  # what meshlens writes it reads back without raising

@@ -21,7 +21,18 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.util._importlib_metadata import entry_points
 from prometheus_client import CollectorRegistry
 
-from meshlens import catalogue, httpserver, libraries, logs, multiprocess, pools, propagation, servers
+from meshlens import (
+    catalogue,
+    httpserver,
+    jaeger_compat,
+    kafka,
+    libraries,
+    logs,
+    multiprocess,
+    pools,
+    propagation,
+    servers,
+)
 from meshlens._hooks import after_import
 from meshlens._version import __version__
 from meshlens.exposition import ApplicationMetrics, BeforeScrape, MetricsServer
@@ -144,6 +155,9 @@ def _start(settings: Settings) -> Runtime:
     tracer_provider, span_processor = build_tracer_provider(
         settings, build_resource(settings), instruments, red
     )
+    # Jaeger debug requests are sampled whatever the sampler says (see meshlens.propagation).
+    # Set before any tracer is taken from the provider: each tracer keeps the sampler it got.
+    tracer_provider.sampler = propagation.JaegerDebugSampler(tracer_provider.sampler)
     trace.set_tracer_provider(tracer_provider)
     propagate.set_global_textmap(_propagator(settings.propagators))
 
@@ -201,6 +215,8 @@ def _start(settings: Settings) -> Runtime:
         wrapper = servers.meshlens_wrapper(telemetry)
     else:
         wrapper = servers.contrib_wrapper(tracer_provider, asgi_options)
+    # Before the contrib instrumentors load: meshlens replaces their Kafka consumer spans.
+    kafka.install(instruments, settings.disabled_instrumentations)
     runtime.instrumented = libraries.instrument_installed(
         tracer_provider, settings.disabled_instrumentations, {"fastapi": asgi_options},
         framework_internal_spans=settings.framework_internal_spans, replaced=replaced,
@@ -209,6 +225,10 @@ def _start(settings: Settings) -> Runtime:
         servers.hook_servers(wrapper)
     if not {"*", "sqlalchemy"} & disabled:
         after_import("sqlalchemy", pools.PoolMetrics(instruments).install)
+    if not {"*", jaeger_compat.NAME} & disabled:
+        jaeger_detail = jaeger_compat.install(tracer_provider)
+        if jaeger_detail is not None:
+            runtime.instrumented.append(libraries.Outcome(jaeger_compat.NAME, True, jaeger_detail))
     atexit.register(runtime.shutdown)
     _install_sigterm_flush(runtime)
     return runtime

@@ -119,6 +119,8 @@ MULTIPROCESS = "multiprocess"
 MESSAGING_SYSTEM = "messaging_system"
 MESSAGING_DESTINATION_NAME = "messaging_destination_name"
 MESSAGING_CONSUMER_GROUP_NAME = "messaging_consumer_group_name"
+MESSAGING_DESTINATION_PARTITION_ID = "messaging_destination_partition_id"
+MESSAGING_OPERATION_NAME = "messaging_operation_name"
 DB_CLIENT_CONNECTION_POOL_NAME = "db_client_connection_pool_name"
 DB_CLIENT_CONNECTION_STATE = "db_client_connection_state"
 
@@ -240,13 +242,21 @@ DB_CLIENT_OPERATION_DURATION = MetricSpec(
 _COUNT_SUFFIX = "Prometheus reserves `_count` for histograms and summaries (promtool check metrics)."
 
 # --- Messaging and connection pools ------------------------------------------
-# messaging_*: declared ahead of the runtime. The Kafka dashboard and alerts read them,
-#   named per the semantic conventions; the Kafka instrumentation (confluent-kafka,
-#   kafka-python, aiokafka) will record one observation per message produced, consumed
-#   and processed. Until then these families are declared (so queries validate) but
-#   carry no series.
+# messaging_*: recorded for confluent-kafka, kafka-python and aiokafka (meshlens.kafka): the
+#   producer's and the consumer's spans give the durations and the sent count (meshlens.red),
+#   received messages are counted as they arrive, and the lag comes from the consumer itself.
 # db_client_connection*: recorded by meshlens.pools for SQLAlchemy engines.
 
+MESSAGING_CLIENT_OPERATION_DURATION = MetricSpec(
+    name="messaging_client_operation_duration_seconds",
+    kind=Kind.HISTOGRAM,
+    unit="s",
+    help="Duration of a producer's send call (Kafka): handing the message to the client, which delivers "
+    "it in the background for confluent-kafka and kafka-python; error_type is set when the call failed.",
+    labels=(MESSAGING_SYSTEM, MESSAGING_DESTINATION_NAME, MESSAGING_OPERATION_NAME, ERROR_TYPE),
+    buckets=DB_DURATION_BUCKETS,
+    semconv="messaging.client.operation.duration",
+)
 MESSAGING_CLIENT_SENT_MESSAGES = MetricSpec(
     name="messaging_client_sent_messages_total",
     kind=Kind.COUNTER,
@@ -267,10 +277,24 @@ MESSAGING_PROCESS_DURATION = MetricSpec(
     name="messaging_process_duration_seconds",
     kind=Kind.HISTOGRAM,
     unit="s",
-    help="Time the service spent processing one consumed message; error_type is set when processing failed.",
+    help="Time the service spent processing what one consumer call returned (a message, or a batch): from the "
+    "call's return to the consumer's next call. error_type names the exception when the processing failed: "
+    "for Kafka, an exception logged at ERROR (logger.exception) while the message was being processed.",
     labels=(MESSAGING_SYSTEM, MESSAGING_DESTINATION_NAME, MESSAGING_CONSUMER_GROUP_NAME, ERROR_TYPE),
     buckets=DURATION_BUCKETS,
     semconv="messaging.process.duration",
+)
+MESSAGING_KAFKA_CONSUMER_LAG = MetricSpec(
+    name="messaging_kafka_consumer_lag",
+    kind=Kind.GAUGE,
+    unit="{message}",
+    help="Messages of a partition that the consumer group has not committed yet, as the consuming "
+    "client sees it (confluent-kafka: the high watermark minus the committed offset, from librdkafka's "
+    "statistics); 0 for a partition this process no longer owns; summed over pre-fork workers.",
+    labels=(MESSAGING_CONSUMER_GROUP_NAME, MESSAGING_DESTINATION_NAME, MESSAGING_DESTINATION_PARTITION_ID),
+    deviation="The semantic conventions define no consumer-lag metric; named in their messaging.kafka.* "
+    "namespace with their attribute names, beside the broker-side kafka_consumergroup_lag.",
+    multiprocess_mode="livesum",
 )
 DB_CLIENT_CONNECTION_COUNT = MetricSpec(
     name="db_client_connections",
@@ -316,6 +340,104 @@ DB_CLIENT_CONNECTION_TIMEOUTS = MetricSpec(
     help="Checkouts that gave up waiting for a pool connection.",
     labels=(DB_CLIENT_CONNECTION_POOL_NAME,),
     semconv="db.client.connection.timeouts",
+)
+
+# --- Temporal ----------------------------------------------------------------
+# The Temporal SDK's own metrics (its core's MetricBuffer, drained by
+# meshlens.instrumentors.temporal into these families), under the SDK's names with the
+# OpenTelemetry-to-Prometheus unit suffixes. The SDK's `namespace` attribute becomes
+# `temporal_namespace`: Prometheus's target label `namespace` (the Kubernetes namespace)
+# would otherwise overwrite it at scrape time. Other SDK metrics are not collected.
+
+TEMPORAL_NAMESPACE = "temporal_namespace"
+TEMPORAL_TASK_QUEUE = "task_queue"
+TEMPORAL_WORKFLOW_TYPE = "workflow_type"
+TEMPORAL_ACTIVITY_TYPE = "activity_type"
+TEMPORAL_FAILURE_REASON = "failure_reason"
+TEMPORAL_WORKER_TYPE = "worker_type"
+# From a task's few milliseconds to a workflow's hours (end-to-end latency).
+TEMPORAL_LATENCY_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+)  # fmt: skip
+
+TEMPORAL_WORKFLOW_TASK_SCHEDULE_TO_START_LATENCY = MetricSpec(
+    name="temporal_workflow_task_schedule_to_start_latency_seconds",
+    kind=Kind.HISTOGRAM,
+    unit="s",
+    help="Time a workflow task waited in its task queue before a worker of this service picked it up "
+    "(Temporal SDK): long waits mean too few workers or pollers.",
+    labels=(TEMPORAL_NAMESPACE, TEMPORAL_TASK_QUEUE),
+    buckets=TEMPORAL_LATENCY_BUCKETS,
+)
+TEMPORAL_WORKFLOW_TASK_EXECUTION_LATENCY = MetricSpec(
+    name="temporal_workflow_task_execution_latency_seconds",
+    kind=Kind.HISTOGRAM,
+    unit="s",
+    help="Time this service's workers spent running one workflow task (Temporal SDK).",
+    labels=(TEMPORAL_NAMESPACE, TEMPORAL_TASK_QUEUE, TEMPORAL_WORKFLOW_TYPE),
+    buckets=TEMPORAL_LATENCY_BUCKETS,
+)
+TEMPORAL_WORKFLOW_ENDTOEND_LATENCY = MetricSpec(
+    name="temporal_workflow_endtoend_latency_seconds",
+    kind=Kind.HISTOGRAM,
+    unit="s",
+    help="Time from a workflow's start to its completion, failure or cancellation (Temporal SDK).",
+    labels=(TEMPORAL_NAMESPACE, TEMPORAL_TASK_QUEUE, TEMPORAL_WORKFLOW_TYPE),
+    buckets=TEMPORAL_LATENCY_BUCKETS,
+)
+TEMPORAL_ACTIVITY_SCHEDULE_TO_START_LATENCY = MetricSpec(
+    name="temporal_activity_schedule_to_start_latency_seconds",
+    kind=Kind.HISTOGRAM,
+    unit="s",
+    help="Time an activity task waited in its task queue before a worker of this service picked it up "
+    "(Temporal SDK).",
+    labels=(TEMPORAL_NAMESPACE, TEMPORAL_TASK_QUEUE),
+    buckets=TEMPORAL_LATENCY_BUCKETS,
+)
+TEMPORAL_ACTIVITY_EXECUTION_LATENCY = MetricSpec(
+    name="temporal_activity_execution_latency_seconds",
+    kind=Kind.HISTOGRAM,
+    unit="s",
+    help="Time this service's workers spent running one activity attempt (Temporal SDK).",
+    labels=(TEMPORAL_NAMESPACE, TEMPORAL_TASK_QUEUE, TEMPORAL_ACTIVITY_TYPE, TEMPORAL_WORKFLOW_TYPE),
+    buckets=TEMPORAL_LATENCY_BUCKETS,
+)
+TEMPORAL_WORKFLOW_COMPLETED = MetricSpec(
+    name="temporal_workflow_completed_total",
+    kind=Kind.COUNTER,
+    unit="{workflow}",
+    help="Workflows this service's workers completed successfully (Temporal SDK).",
+    labels=(TEMPORAL_NAMESPACE, TEMPORAL_TASK_QUEUE, TEMPORAL_WORKFLOW_TYPE),
+)
+TEMPORAL_WORKFLOW_FAILED = MetricSpec(
+    name="temporal_workflow_failed_total",
+    kind=Kind.COUNTER,
+    unit="{workflow}",
+    help="Workflows that failed on this service's workers (Temporal SDK).",
+    labels=(TEMPORAL_NAMESPACE, TEMPORAL_TASK_QUEUE, TEMPORAL_WORKFLOW_TYPE),
+)
+TEMPORAL_WORKFLOW_TASK_EXECUTION_FAILED = MetricSpec(
+    name="temporal_workflow_task_execution_failed_total",
+    kind=Kind.COUNTER,
+    unit="{task}",
+    help="Workflow tasks that failed on this service's workers (a bug or non-determinism; Temporal retries "
+    "them), by failure reason (Temporal SDK).",
+    labels=(TEMPORAL_NAMESPACE, TEMPORAL_TASK_QUEUE, TEMPORAL_WORKFLOW_TYPE, TEMPORAL_FAILURE_REASON),
+)
+TEMPORAL_ACTIVITY_EXECUTION_FAILED = MetricSpec(
+    name="temporal_activity_execution_failed_total",
+    kind=Kind.COUNTER,
+    unit="{attempt}",
+    help="Activity attempts that failed on this service's workers, by failure reason (Temporal SDK).",
+    labels=(TEMPORAL_NAMESPACE, TEMPORAL_TASK_QUEUE, TEMPORAL_ACTIVITY_TYPE, TEMPORAL_WORKFLOW_TYPE,
+            TEMPORAL_FAILURE_REASON),
+)
+TEMPORAL_WORKER_TASK_SLOTS_AVAILABLE = MetricSpec(
+    name="temporal_worker_task_slots_available",
+    kind=Kind.GAUGE,
+    unit="{slot}",
+    help="Free task slots of this service's Temporal workers, by worker type; at zero, tasks wait.",
+    labels=(TEMPORAL_NAMESPACE, TEMPORAL_TASK_QUEUE, TEMPORAL_WORKER_TYPE),
 )
 
 # --- Python runtime --------------------------------------------------------
@@ -441,6 +563,14 @@ MESHLENS_SPAN_QUEUE_CAPACITY = MetricSpec(
     unit="{span}",
     help="Capacity of the export queue; spans past it are dropped and counted.",
     multiprocess_mode="livesum",
+)
+MESHLENS_DB_QUERY_TEXT_TRUNCATED = MetricSpec(
+    name="meshlens_db_query_text_truncated_total",
+    kind=Kind.COUNTER,
+    unit="{query}",
+    help="Database query texts cut at the length limit before they were put on a span (meshlens's own "
+    "instrumentors: ClickHouse).",
+    labels=(DB_SYSTEM_NAME,),
 )
 MESHLENS_METRIC_OVERFLOW = MetricSpec(
     name="meshlens_metric_overflow_total",

@@ -14,10 +14,11 @@ several times more per observation and does not work across processes.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -97,6 +98,9 @@ class GuardedMetric:
         self.spec = spec
         self.limit = limit
         self._overflow_counter = overflow_counter
+        if overflow_counter is not None and spec.labels:
+            # "No overflow" is a 0 that dashboards and alerts see, not an absent series.
+            overflow_counter.labels(spec.name)
         self._exemplar_sink = exemplar_sink
         self._lock = threading.Lock()
         self._children: dict[tuple[str, ...], Any] = {}
@@ -105,6 +109,9 @@ class GuardedMetric:
         self.metric = _build(spec, spec.labels)
         self._overflow_metric = _build(spec, (catalogue.OVERFLOW_LABEL,)) if spec.labels else None
         self._overflow_child: Any = None
+        # Per label set within the limit (so bounded by it): what recording needs, prepared once.
+        self._recorders: dict[tuple[str, ...], _HistogramRecorder | None] = {}
+        self._adders: dict[tuple[str, ...], Callable[[float], None]] = {}
 
     # -- recording ----------------------------------------------------------
 
@@ -131,13 +138,41 @@ class GuardedMetric:
             self._overflow_child = self._overflow_metric.labels("true")
         return self._overflow_child
 
+    def adder(self, *values: str) -> Callable[[float], None]:
+        """A function adding its argument to the gauge or counter series of these label
+        values (negative amounts: gauges only). Past the limit, each call of this method
+        is counted as an overflow, as :meth:`labels` counts it."""
+        add = self._adders.get(values)
+        if add is not None:
+            return add
+        child = self.labels(*values)
+        add = _value_adder(child, self.spec.kind)
+        if child is not self._overflow_child:  # overflowing keys are not remembered
+            self._adders[values] = add
+        return add
+
     def observe(self, values: tuple[str, ...], amount: float, trace_id: int = 0, span_id: int = 0) -> None:
         """Observe into a histogram, with the trace as exemplar when one is given."""
-        child = self.labels(*values)
-        child.observe(amount)
+        recorder = self._recorders.get(values, _MISSING)
+        if recorder is _MISSING:
+            child = self.labels(*values)
+            recorder = _HistogramRecorder.of(child, self._upper_bounds)
+            if child is not self._overflow_child:  # overflowing keys are not remembered
+                self._recorders[values] = recorder
+        else:
+            child = None
+        if recorder is None or math.isnan(amount):  # NaN lands in no bucket: prometheus-client's own rule
+            if child is None:
+                child = self.labels(*values)
+            child.observe(amount)
+            index = bisect_left(self._upper_bounds, amount)
+        else:
+            index = bisect_left(self._upper_bounds, amount)
+            recorder.add_sum(amount)
+            recorder.add_to_bucket[index](1)
+            child = recorder.child
         if not trace_id:
             return
-        index = bisect_left(self._upper_bounds, amount)
         key = self._bucket_keys.get((values, index))
         if key is None:
             if child is self._overflow_child:
@@ -161,6 +196,48 @@ class GuardedMetric:
             for extra in self._overflow_metric.collect():
                 families[0].samples.extend(extra.samples)
         return iter(families)
+
+
+_MISSING: Any = object()
+
+
+class _HistogramRecorder:
+    """Observes into one histogram series without prometheus-client's per-call checks and
+    bucket loop: the bucket index is found once by bisection (meshlens needs it for the
+    exemplar anyway) and the two values are added directly.
+
+    It reads the child's private ``_sum``, ``_buckets`` and ``_upper_bounds`` (the only way to
+    skip the loop); :meth:`of` returns None when they are not as expected (another release
+    of prometheus-client), and the child's public ``observe`` is used instead.
+    """
+
+    __slots__ = ("add_sum", "add_to_bucket", "child")
+
+    def __init__(self, child: Any, add_sum: Callable[[float], None], add_to_bucket: tuple[Any, ...]) -> None:
+        self.child = child
+        self.add_sum = add_sum
+        self.add_to_bucket = add_to_bucket
+
+    @classmethod
+    def of(cls, child: Any, upper_bounds: tuple[float, ...]) -> _HistogramRecorder | None:
+        try:
+            buckets = child._buckets
+            if tuple(child._upper_bounds) != upper_bounds or len(buckets) != len(upper_bounds):
+                return None
+            return cls(child, child._sum.inc, tuple(bucket.inc for bucket in buckets))
+        except AttributeError:
+            return None
+
+
+def _value_adder(child: Any, kind: Kind) -> Callable[[float], None]:
+    """``child``'s value's own ``inc`` (prometheus-client's private ``_value``), skipping the
+    public method's checks, which hold for a labelled child of a gauge that is not in
+    "mostrecent" mode; else the public ``inc``."""
+    value = getattr(child, "_value", None)
+    if kind is Kind.GAUGE and value is not None and not getattr(child, "_is_most_recent", True):
+        inc: Callable[[float], None] = value.inc
+        return inc
+    return child.inc  # type: ignore[no-any-return]
 
 
 def _build(spec: MetricSpec, labelnames: tuple[str, ...]) -> MetricWrapperBase:

@@ -25,7 +25,7 @@ from types import ModuleType
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry.instrumentation.dependencies import get_dist_dependency_conflicts
+from opentelemetry.instrumentation.dependencies import get_dependency_conflicts, get_dist_dependency_conflicts
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.trace import TracerProvider
 from opentelemetry.util._importlib_metadata import EntryPoint, entry_points
@@ -45,9 +45,6 @@ HANDLED_BY_MESHLENS = frozenset({"logging"})
 # the usual wsgi.py (it sets DJANGO_SETTINGS_MODULE after the import line) and any
 # app that calls settings.configure(). It runs at the start of django.setup() instead.
 DEFERRED_UNTIL = {"django": ("django", "setup")}
-
-
-_INSTRUMENTS_EXTRAS = ({"extra": "instruments"}, {"extra": "instruments-any"})
 
 
 def _normalize(name: str) -> str:
@@ -80,16 +77,33 @@ def _modules_by_distribution() -> dict[str, frozenset[str]]:
     return {name: frozenset(found) for name, found in modules.items()}
 
 
-def trigger_modules(dist: Any) -> frozenset[str]:
-    """The top-level modules of the installed libraries an instrumentation instruments."""
-    names = set()
+def instrumented_requirements(
+    dist: Any, extras: Iterable[str] = ("instruments", "instruments-any")
+) -> list[Requirement]:
+    """The requirements a distribution declares under ``extras``: for a contrib package, the
+    libraries it instruments (its ``instruments`` extras); for meshlens's own instrumentors,
+    the meshlens extra their entry point names (see :func:`_own_extras`)."""
+    markers = [{"extra": extra} for extra in extras]
+    found = []
     for line in getattr(dist, "requires", None) or ():
         try:
             requirement = Requirement(line)
         except InvalidRequirement:
             continue
-        if requirement.marker is not None and any(requirement.marker.evaluate(extra) for extra in _INSTRUMENTS_EXTRAS):
-            names.add(_normalize(requirement.name))
+        if requirement.marker is not None and any(requirement.marker.evaluate(marker) for marker in markers):
+            found.append(requirement)
+    return found
+
+
+def _own_extras(entry_point: EntryPoint) -> tuple[str, ...]:
+    """The extras an entry point names (``module:Class [extra]``): meshlens's own instrumentors
+    name the meshlens extra that lists what they instrument; contrib ones name none."""
+    return tuple(getattr(entry_point, "extras", None) or ())
+
+
+def trigger_modules(dist: Any, extras: Iterable[str] = ("instruments", "instruments-any")) -> frozenset[str]:
+    """The top-level modules of the installed libraries an instrumentation instruments."""
+    names = {_normalize(requirement.name) for requirement in instrumented_requirements(dist, extras)}
     by_distribution = _modules_by_distribution()
     return frozenset(module for name in names for module in by_distribution.get(name, ()))
 
@@ -199,7 +213,9 @@ def instrument_installed(
     meter_provider = NoOpMeterProvider()
     native_fastapi = fastapi_traces_itself()
     seen: set[str] = set()
-    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+    # meshlens's own instrumentors first: one of them replaces a contrib package of the same
+    # name (Elasticsearch's, which the contrib project dropped for the client's native tracing).
+    for entry_point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda point: not _own_extras(point)):
         name = entry_point.name
         if name in seen or name in HANDLED_BY_MESHLENS:
             continue
@@ -217,8 +233,12 @@ def instrument_installed(
             continue
         try:
             dist = getattr(entry_point, "dist", None)
+            own_extras = _own_extras(entry_point)
             if dist is not None:
-                conflict = get_dist_dependency_conflicts(dist)
+                if own_extras:
+                    conflict = get_dependency_conflicts(instrumented_requirements(dist, own_extras))
+                else:
+                    conflict = get_dist_dependency_conflicts(dist)
                 if conflict is not None:
                     if getattr(conflict, "found", None):  # installed, at a version it does not support
                         _logger.warning("meshlens: %s; it runs untraced", conflict)
@@ -232,7 +252,7 @@ def instrument_installed(
                 _defer(name, entry_point, kwargs)
                 outcomes.append(Outcome(name, True, "deferred until {}.{}()".format(*DEFERRED_UNTIL[name])))
                 continue
-            triggers = trigger_modules(dist)
+            triggers = trigger_modules(dist, own_extras) if own_extras else trigger_modules(dist)
             if not triggers or any(module in sys.modules for module in triggers):
                 outcomes.append(_instrument(name, entry_point, kwargs))
                 continue

@@ -61,6 +61,9 @@ class PoolMetrics:
         name = pool_name(engine.url)
         with self._lock:
             self._names[pool] = name
+        # The timeouts series exists from the start, at 0: "no timeouts" is then a value that
+        # rate() and alerts see, not an absent series.
+        self._timeouts.labels(name)
         self.refresh(name)
 
     def refresh(self, name: str) -> None:

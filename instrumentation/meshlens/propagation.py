@@ -8,8 +8,20 @@ a stale header from an old client could override a sidecar's W3C context.) Propa
 from other entry points named in ``OTEL_PROPAGATORS`` run after these, and their trace
 context is used only when none of meshlens's formats gave one.
 
-Baggage: Jaeger's ``uberctx-*`` headers and W3C ``baggage`` are merged; W3C wins on a key
-clash, as it does for the trace context.
+Baggage: Jaeger's ``jaeger-baggage`` header (``k1=v1, k2=v2``, what jaeger-client accepts from
+a caller at the edge), its ``uberctx-*`` headers and W3C ``baggage`` are merged, later ones
+winning on a key clash: W3C wins, as it does for the trace context. W3C baggage properties
+(``key=value;prop=1``) cannot be held by OpenTelemetry's Python baggage API, which has no
+metadata: meshlens keeps them beside it in the context (:func:`baggage_properties`) and writes
+them again on the outgoing ``baggage`` header while the entry's value is unchanged.
+
+Jaeger's debug requests: an ``uber-trace-id`` with the debug flag (``0x02``) keeps that flag on
+the outgoing ``uber-trace-id`` of the calls made while handling it. A ``jaeger-debug-id``
+header without any trace context starts a new trace that is always sampled (whatever the
+sampler says), with the id recorded on its root span as the ``jaeger-debug-id`` attribute, the
+tag jaeger-client records, so Jaeger's search by that tag finds both (see
+:class:`JaegerDebugSampler`). Beside a valid trace context the debug id is ignored, as
+jaeger-client ignores it.
 
 Istio's ``x-request-id`` is kept in the context and written again on the outgoing calls
 made while handling the request, so Envoy's access logs of every hop line up.
@@ -21,7 +33,7 @@ checks; a malformed or hostile header costs its context, never an exception.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -36,7 +48,9 @@ from opentelemetry.propagators.textmap import (
     default_getter,
     default_setter,
 )
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
+from opentelemetry.util.types import Attributes
 
 from meshlens._once import WarnOnce
 
@@ -63,9 +77,23 @@ B3_MULTI_HEADERS = (
 )
 JAEGER_HEADER = "uber-trace-id"
 JAEGER_BAGGAGE_PREFIX = "uberctx-"
+JAEGER_BAGGAGE_HEADER = "jaeger-baggage"
+JAEGER_DEBUG_ID_HEADER = "jaeger-debug-id"
+# The span attribute naming a debug request's id: jaeger-client's tag, so one Jaeger search finds both.
+JAEGER_DEBUG_ID_ATTRIBUTE = "jaeger-debug-id"
+# OpenTracing's tag asking to sample a span (jaeger-client honours a value above 0 at start).
+SAMPLING_PRIORITY_ATTRIBUTE = "sampling.priority"
+_JAEGER_DEBUG_FLAG = 0x02
 REQUEST_ID_HEADER = "x-request-id"
 
 REQUEST_ID_KEY = create_key("meshlens-request-id")
+# A Jaeger debug request: the debug id (str), or "" when only the uber-trace-id debug flag came.
+JAEGER_DEBUG_KEY = create_key("meshlens-jaeger-debug")
+# W3C baggage properties, {key: (value, properties)}: kept only while the value is unchanged.
+BAGGAGE_PROPERTIES_KEY = create_key("meshlens-baggage-properties")
+# Baggage held by the active span itself rather than by the context (an OpenTracing span's
+# set_baggage_item after it was activated): a Mapping, read at inject time, winning on a clash.
+SPAN_BAGGAGE_KEY = create_key("meshlens-span-baggage")
 
 # A getter's bound ``get``: taken once per request, as a local, on the hot path.
 _Get = Callable[[Any, str], "list[str] | None"]
@@ -81,6 +109,9 @@ _JAEGER = re.compile(r"([0-9a-fA-F]{1,32}):([0-9a-fA-F]{1,16}):([0-9a-fA-F]{1,16
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,256}")  # an HTTP header-name token (RFC 9110)
 _BAGGAGE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]{0,4096}")
 _REQUEST_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID_CHARS}}}")
+# A debug id is an operator's free text (jaeger-client takes any value): printable ASCII, bounded.
+MAX_DEBUG_ID_CHARS = 256
+_DEBUG_ID = re.compile(rf"[\x20-\x7e]{{1,{MAX_DEBUG_ID_CHARS}}}")
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
@@ -189,6 +220,12 @@ def parse_uber_trace_id(value: str) -> tuple[int, int, bool] | None:
     (``int(field, 16)``) accepts ``0x``, ``+``, ``_`` and ids longer than 128 bits, and does
     not decode the URL-encoded form that jaeger-client accepts.
     """
+    parsed = _parse_uber_trace_id(value)
+    return None if parsed is None else (parsed[0], parsed[1], bool(parsed[2] & TraceFlags.SAMPLED))
+
+
+def _parse_uber_trace_id(value: str) -> tuple[int, int, int] | None:
+    """Trace id, span id and the flags as an integer (Jaeger's debug bit is 0x02)."""
     if ":" not in value and "%" in value:
         value = unquote(value)
     match = _JAEGER.fullmatch(value.strip(" \t"))
@@ -198,24 +235,66 @@ def parse_uber_trace_id(value: str) -> tuple[int, int, bool] | None:
     trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
     if not trace_id or not span_id:
         return None
-    return trace_id, span_id, bool(int(flags_hex, 16) & TraceFlags.SAMPLED)
+    return trace_id, span_id, int(flags_hex, 16)
 
 
 def parse_baggage(value: str) -> list[tuple[str, str]]:
-    """W3C ``baggage``: the valid ``key=value`` members, percent-decoded; properties dropped.
+    """W3C ``baggage``: the valid ``key=value`` members, percent-decoded (properties left out;
+    :func:`parse_baggage_members` has them)."""
+    return [(key, item) for key, item, _properties in parse_baggage_members(value)]
+
+
+def parse_baggage_members(value: str) -> list[tuple[str, str, str]]:
+    """W3C ``baggage``: ``(key, value, properties)`` of each valid member, the value
+    percent-decoded, the properties the member's valid ``;``-separated properties re-joined
+    (``""`` when none). An invalid property is dropped, not the member.
 
     Written here rather than taken from OpenTelemetry's baggage propagator: its split pattern
     is quadratic on a run of blanks (over 100 ms on 8 KiB of spaces) and it logs the whole
     header at warning level on every oversized request.
     """
+    members: list[tuple[str, str, str]] = []
+    for raw in value.split(","):
+        if len(members) >= MAX_BAGGAGE_ENTRIES:
+            break
+        pair, has_properties, properties = raw.partition(";")
+        key, sep, item = pair.partition("=")
+        key, item = key.strip(" \t"), item.strip(" \t")
+        if sep and _TOKEN.fullmatch(key) is not None and _BAGGAGE_VALUE.fullmatch(item) is not None:
+            members.append((key, unquote(item), _baggage_properties(properties) if has_properties else ""))
+    return members
+
+
+def _baggage_properties(value: str) -> str:
+    """The valid properties (``key`` or ``key=value``, W3C Baggage) of one member, normalized."""
+    kept: list[str] = []
+    for raw in value.split(";"):
+        key, sep, item = raw.partition("=")
+        key, item = key.strip(" \t"), item.strip(" \t")
+        if _TOKEN.fullmatch(key) is None:
+            continue
+        if not sep:
+            kept.append(key)
+        elif _BAGGAGE_VALUE.fullmatch(item) is not None:
+            kept.append(f"{key}={item}")
+    return ";".join(kept)
+
+
+def parse_jaeger_baggage(value: str) -> list[tuple[str, str]]:
+    """jaeger-client's ``jaeger-baggage`` header: ``k1=v1, k2=v2``, members with exactly one
+    ``=`` (as jaeger-client reads them), keys as sent, values percent-decoded. At most
+    :data:`MAX_BAGGAGE_ENTRIES` members are kept."""
     pairs: list[tuple[str, str]] = []
     for raw in value.split(","):
         if len(pairs) >= MAX_BAGGAGE_ENTRIES:
             break
-        key, sep, item = raw.partition(";")[0].partition("=")
+        key, sep, item = raw.partition("=")
         key, item = key.strip(" \t"), item.strip(" \t")
-        if sep and _TOKEN.fullmatch(key) is not None and _BAGGAGE_VALUE.fullmatch(item) is not None:
-            pairs.append((key, unquote(item)))
+        if not sep or "=" in item or _TOKEN.fullmatch(key) is None:
+            continue
+        item = unquote(item)
+        if item.isprintable():
+            pairs.append((key, item))
     return pairs
 
 
@@ -281,11 +360,23 @@ class MeshlensPropagator(TextMapPropagator):
         uber = get(carrier, JAEGER_HEADER) if formats.jaeger else None
         if found is None and uber:
             value = _one(uber)
-            parsed = parse_uber_trace_id(value) if value is not None else None
+            parsed = _parse_uber_trace_id(value) if value is not None else None
             if parsed is not None:
-                found = _remote(*parsed)
+                trace_id, span_id, flags = parsed
+                found = _remote(trace_id, span_id, bool(flags & TraceFlags.SAMPLED))
+                if flags & _JAEGER_DEBUG_FLAG:
+                    context = set_value(JAEGER_DEBUG_KEY, "", context)
         if found is not None:
             context = trace.set_span_in_context(NonRecordingSpan(found), context)
+        if formats.jaeger:
+            if found is None:
+                debug_id = _one(get(carrier, JAEGER_DEBUG_ID_HEADER))
+                if debug_id is not None and _DEBUG_ID.fullmatch(debug_id) is not None:
+                    context = set_value(JAEGER_DEBUG_KEY, debug_id, context)
+            header = get(carrier, JAEGER_BAGGAGE_HEADER)
+            value = _joined(header) if header else None
+            if value:
+                context = _with_baggage(context, parse_jaeger_baggage(value))
         # jaeger-client sends uberctx-* only beside uber-trace-id: the key scan runs only then.
         if uber:
             context = self._jaeger_baggage(carrier, getter, context)
@@ -293,7 +384,11 @@ class MeshlensPropagator(TextMapPropagator):
             header = get(carrier, BAGGAGE_HEADER)
             value = _joined(header) if header else None
             if value:
-                context = _with_baggage(context, parse_baggage(value))
+                members = parse_baggage_members(value)
+                context = _with_baggage(context, [(key, item) for key, item, _ in members])
+                properties = {key: (item, props) for key, item, props in members if props}
+                if properties:
+                    context = set_value(BAGGAGE_PROPERTIES_KEY, properties, context)
         request_id = get(carrier, REQUEST_ID_HEADER)
         if request_id:
             value = _one(request_id)
@@ -379,7 +474,12 @@ class MeshlensPropagator(TextMapPropagator):
         if not formats.any:
             return
         span_context = trace.get_current_span(context).get_span_context()
-        entries = baggage.get_all(context) if formats.baggage or formats.jaeger else {}
+        entries: Mapping[str, object] = {}
+        if formats.baggage or formats.jaeger:
+            entries = baggage.get_all(context)
+            span_baggage = get_value(SPAN_BAGGAGE_KEY, context)
+            if isinstance(span_baggage, Mapping) and span_baggage:
+                entries = {**entries, **span_baggage}
         if span_context.is_valid:
             sampled = span_context.trace_flags.sampled
             if formats.tracecontext:
@@ -394,13 +494,17 @@ class MeshlensPropagator(TextMapPropagator):
                 # Not opentelemetry-propagator-jaeger's inject: it sets the debug flag (0x02) on every
                 # sampled span, which makes jaeger-client and Jaeger's collector bypass their sampling.
                 # The parent-span-id field is deprecated in Jaeger's format; 0 is what clients send.
+                # A debug request stays one downstream (jaeger-client sets both bits).
+                jaeger_flags = int(sampled) | (_JAEGER_DEBUG_FLAG if sampled and _is_debug(context) else 0)
                 setter.set(carrier, JAEGER_HEADER,
-                           f"{span_context.trace_id:032x}:{span_context.span_id:016x}:0:{int(sampled):02x}")
+                           f"{span_context.trace_id:032x}:{span_context.span_id:016x}:0:{jaeger_flags:02x}")
         if entries:
-            pairs = [(key, str(value)) for key, value in entries.items() if _TOKEN.fullmatch(key) is not None]
+            pairs = [(key, str(value)) for key, value in entries.items()
+                     if isinstance(key, str) and _TOKEN.fullmatch(key) is not None]
             pairs = pairs[:MAX_BAGGAGE_ENTRIES]
             if formats.baggage:
-                header = ",".join(f"{key}={quote(value, safe='')}" for key, value in pairs)
+                properties = baggage_properties(context)
+                header = ",".join(_baggage_member(key, value, properties.get(key)) for key, value in pairs)
                 if len(header) <= MAX_HEADER_BYTES:
                     setter.set(carrier, BAGGAGE_HEADER, header)
             if formats.jaeger:
@@ -447,6 +551,77 @@ def parse_b3_single(value: str) -> SpanContext | None:
     # Ids without a sampling decision are read as sampled, as opentelemetry-propagator-b3 reads them.
     sampled = len(fields) == 2 or fields[2] in _B3_SAMPLED
     return _b3_ids(fields[0], fields[1], sampled)
+
+
+def _baggage_member(key: str, value: str, properties: str | None) -> str:
+    member = f"{key}={quote(value, safe='')}"
+    return f"{member};{properties}" if properties else member
+
+
+def _is_debug(context: Context | None) -> bool:
+    return isinstance(get_value(JAEGER_DEBUG_KEY, context), str)
+
+
+def baggage_properties(context: Context | None = None) -> dict[str, str]:
+    """The W3C properties (``prop=1;other``) of the baggage entries that still have the value
+    they arrived with; an entry set again since then has none."""
+    kept = get_value(BAGGAGE_PROPERTIES_KEY, context)
+    if not isinstance(kept, dict):
+        return {}
+    current = baggage.get_all(context)
+    return {key: properties for key, (value, properties) in kept.items() if current.get(key) == value}
+
+
+def jaeger_debug_id(context: Context | None = None) -> str | None:
+    """The ``jaeger-debug-id`` of the request being handled, when it asked for a debug trace."""
+    value = get_value(JAEGER_DEBUG_KEY, context)
+    return value if isinstance(value, str) and value else None
+
+
+class JaegerDebugSampler(Sampler):
+    """Samples the traces Jaeger's debug requests ask for, and leaves the rest to ``delegate``.
+
+    A root span started in a context that carries a ``jaeger-debug-id`` (see the module's
+    docstring) is sampled and gets the id as its ``jaeger-debug-id`` attribute; a span under a
+    sampled parent in a debug request (an ``uber-trace-id`` with the debug flag, or a debug
+    id), or started with the OpenTracing tag ``sampling.priority`` above 0, is sampled. A
+    malicious caller gains nothing it could not get already from a sampled ``traceparent``:
+    one sampled trace per request.
+    """
+
+    def __init__(self, delegate: Sampler) -> None:
+        self._delegate = delegate
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        debug = get_value(JAEGER_DEBUG_KEY, parent_context)
+        priority = attributes.get(SAMPLING_PRIORITY_ATTRIBUTE) if attributes else None
+        parent = trace.get_current_span(parent_context).get_span_context() if debug is not None else None
+        # A debug request's root, or a span under a sampled parent in a debug request (even where
+        # the sampler ignores parents); a debug flag on an unsampled parent is not sampled, as in
+        # jaeger-client, which reports only spans with the sampled bit.
+        forced_debug = isinstance(debug, str) and parent is not None and (
+            (debug and not parent.is_valid) or (parent.is_valid and parent.trace_flags.sampled))
+        if forced_debug or (isinstance(priority, (int, float)) and priority > 0):
+            if parent is None:
+                parent = trace.get_current_span(parent_context).get_span_context()
+            forced: dict[str, Any] = dict(attributes or {})
+            if debug and not parent.is_valid:
+                forced[JAEGER_DEBUG_ID_ATTRIBUTE] = debug
+            state = parent.trace_state if parent.is_valid else trace_state
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, forced, state)
+        return self._delegate.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return f"JaegerDebug{{{self._delegate.get_description()}}}"
 
 
 def _with_baggage(context: Context, pairs: list[tuple[str, str]]) -> Context:

@@ -45,6 +45,15 @@ _RPC_SERVICE = ("rpc.service",)
 _RPC_METHOD = ("rpc.method",)
 _RPC_STATUS = ("rpc.grpc.status_code",)
 _REDIS_PIPELINE = "db.redis.pipeline_length"
+# Messaging (Kafka): aiokafka's and meshlens's spans use the current names, confluent-kafka's
+# and kafka-python's producer spans the older ``messaging.destination``.
+_MESSAGING_SYSTEM = "messaging.system"
+_MESSAGING_DESTINATION = ("messaging.destination.name", "messaging.destination")
+_MESSAGING_OPERATION_NAME = "messaging.operation.name"
+_MESSAGING_OPERATION_TYPE = "messaging.operation.type"
+_MESSAGING_CONSUMER_GROUP = "messaging.consumer.group.name"
+_MESSAGING_PROCESS = "process"
+_MESSAGING_SEND = "send"  # the conventions' operation name for a Kafka producer
 _EXCEPTION = "exception"
 _OTHER_ERROR = "_OTHER"
 _GRPC_OK, _GRPC_UNKNOWN = "0", "2"
@@ -179,6 +188,9 @@ class RedMetricsProcessor(SpanProcessor):
         self._db_duration = instruments[catalogue.DB_CLIENT_OPERATION_DURATION]
         self._rpc_server = instruments[catalogue.RPC_SERVER_DURATION]
         self._rpc_client = instruments[catalogue.RPC_CLIENT_DURATION]
+        self._messaging_operation = instruments[catalogue.MESSAGING_CLIENT_OPERATION_DURATION]
+        self._messaging_sent = instruments[catalogue.MESSAGING_CLIENT_SENT_MESSAGES]
+        self._messaging_process = instruments[catalogue.MESSAGING_PROCESS_DURATION]
         self._on_server_start = on_server_start
         self._sqlalchemy_statements: set[int] = set()
         self._self_measured = self_measured_scopes
@@ -205,6 +217,9 @@ class RedMetricsProcessor(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         kind = span.kind
         if span.end_time is None or span.start_time is None or kind is SpanKind.INTERNAL:
+            return
+        if kind is SpanKind.PRODUCER or kind is SpanKind.CONSUMER:
+            self._messaging(span)
             return
         if kind is SpanKind.SERVER and self._measured_elsewhere(span):
             return
@@ -251,6 +266,35 @@ class RedMetricsProcessor(SpanProcessor):
                 self._client_duration.observe(labels, duration, trace_id, span_id)
             elif _first(attributes, _RPC_SYSTEM) is not None:
                 self._rpc_client.observe(self._rpc_labels(attributes), duration, trace_id, span_id)
+
+    def ignores_scope(self, scope_name: str) -> bool:
+        """True when this processor's on_start and on_end do nothing for the SERVER spans of
+        this scope (meshlens's server spans then skip calling it)."""
+        return scope_name in self._self_measured
+
+    def _messaging(self, span: ReadableSpan) -> None:
+        """A producer's send, or a consumer's processing (meshlens.kafka's ``process`` spans;
+        contrib's receive spans are not processing and are not measured)."""
+        attributes = span.attributes or {}
+        system = attributes.get(_MESSAGING_SYSTEM)
+        if system is None:
+            return
+        assert span.end_time is not None and span.start_time is not None
+        duration = (span.end_time - span.start_time) / 1e9
+        context = span.context
+        sampled = context.trace_flags.sampled
+        trace_id = context.trace_id if sampled else 0
+        span_id = context.span_id if sampled else 0
+        system = str(system)
+        destination = _text(_first(attributes, _MESSAGING_DESTINATION))
+        error = _error_type(span)
+        if span.kind is SpanKind.PRODUCER:
+            operation = _text(attributes.get(_MESSAGING_OPERATION_NAME)) or _MESSAGING_SEND
+            self._messaging_operation.observe((system, destination, operation, error), duration, trace_id, span_id)
+            self._messaging_sent.labels(system, destination, error).inc()
+        elif attributes.get(_MESSAGING_OPERATION_TYPE) == _MESSAGING_PROCESS:
+            group = _text(attributes.get(_MESSAGING_CONSUMER_GROUP))
+            self._messaging_process.observe((system, destination, group, error), duration, trace_id, span_id)
 
     def _measured_elsewhere(self, span: ReadableSpan) -> bool:
         scope = span.instrumentation_scope

@@ -112,8 +112,10 @@ class RuntimeMetrics:
                     (self._gc_collections, self._gc_collected, self._gc_uncollectable), now, seen,
                     strict=True,
                 ):
+                    # Every generation's series exists, at 0 until something happens.
+                    child = counter.labels(label)
                     if current > before:
-                        counter.labels(label).inc(current - before)
+                        child.inc(current - before)
                 self._gc_seen[generation] = now
 
     def start_background(self, interval_s: float) -> None:
