@@ -157,14 +157,16 @@ def progress(label: str, fraction: float, detail: str) -> None:
 
 
 def start_services(stack: Stack, sink: OtlpSink, bootstrap: str, fault_file: Path, database: str,
-                   ) -> tuple[list[Target], str]:
+                   short: bool) -> tuple[list[Target], str]:
     """Starts the four services; returns their scrape targets and the storefront's URL."""
     bin_dir = Path(sys.executable).parent
     base = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MESHLENS_", "PROMETHEUS_"))}
     base.update({"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "500",
                  "MESHLENS_METRICS_HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1", "KAFKA_BOOTSTRAP": bootstrap,
                  "OTEL_RESOURCE_ATTRIBUTES": "k8s.namespace.name=demo", "PAYMENTS_FAULT_FILE": str(fault_file),
-                 "ORDERS_DATABASE_URL": database})
+                 "ORDERS_DATABASE_URL": database,
+                 # --short runs seconds, not minutes: lost products come often enough to be seen.
+                 "ORDERS_LOST_EVERY": "97" if short else "307"})
     ports = {name: (free_port(), free_port()) for name in SERVICES}
 
     def env(name: str, **extra: str) -> dict[str, str]:
@@ -313,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         database = prepare_database(logs)
         print(f"  orders' database: {database.split('://')[0]}; Redis for payments: "
               f"{'yes' if reachable(REDIS_PORT) else 'no (kept in memory)'}")
-        targets, storefront_url = start_services(stack, sink, bootstrap, fault_file, database)
+        targets, storefront_url = start_services(stack, sink, bootstrap, fault_file, database, args.short)
         prometheus = start_monitoring(stack, targets, webhook)
         traffic = Traffic(storefront_url, rate=15 if args.short else 25).start()
         delivered = drive(traffic, prometheus, webhook, fault_file, args.short)

@@ -264,3 +264,21 @@ def test_https_proxies_and_netrc_keep_the_stock_transport(monkeypatch, tmp_path)
     monkeypatch.delenv("HTTP_PROXY")
     (tmp_path / ".netrc").write_text("machine collector login a password b\n")
     assert otlp.keep_alive_transport("http://collector:4318/v1/traces") is None
+
+
+def test_an_sdk_span_with_fields_server_span_does_not_know_turns_it_off(monkeypatch):
+    from meshlens import tracing
+
+    monkeypatch.setattr(tracing, "_SERVER_SPAN_FIELDS", tracing._SERVER_SPAN_FIELDS - {"_lock"})
+    _provider, exported, server = _telemetry()
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(trace.get_current_span())
+        start_response("200 OK", [])
+        return [b""]
+
+    _call(server.wsgi(app, lambda env: "/items/{id}"), _environ())
+    assert isinstance(seen[0], SdkSpan) and not isinstance(seen[0], ServerSpan)  # the tracer's own span
+    (span,) = exported.get_finished_spans()
+    assert span.name == "GET /items/{id}" and span.attributes["http.response.status_code"] == 200

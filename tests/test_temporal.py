@@ -128,9 +128,23 @@ def _temporal_metrics(worker, condition):
         time.sleep(0.5)
 
 
+def _settled(worker, name: str, labels: dict[str, str], timeout: float = 20.0) -> str:
+    """A scrape once the SDK's buffered updates of earlier workflows have been drained
+    (every second): two scrapes 1.5 s apart agree."""
+    deadline = time.monotonic() + timeout
+    previous = worker.metrics()
+    while time.monotonic() < deadline:
+        time.sleep(1.5)
+        current = worker.metrics()
+        if delta(previous, current, name, **labels) == 0:
+            return current
+        previous = current
+    raise AssertionError(f"{name} kept changing for {timeout} s")
+
+
 def test_sdk_metrics_on_the_workers_endpoint(app, worker):
     labels = {"temporal_namespace": "default", "task_queue": "meshlens-test", "workflow_type": "Fetch"}
-    before = worker.metrics()
+    before = _settled(worker, "temporal_workflow_completed_total", labels)
     with echo_server() as downstream:
         _run(app, downstream.url())
     completed = "temporal_workflow_completed_total"

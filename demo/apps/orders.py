@@ -15,6 +15,8 @@ app = Flask("orders")
 PRICING = os.environ["PRICING_URL"]
 TOPIC = os.environ.get("ORDERS_TOPIC", "orders")
 http = requests.Session()
+LIST_PRICE = 150
+LOST_EVERY = int(os.environ.get("ORDERS_LOST_EVERY", "307"))
 
 
 def _engine() -> sqlalchemy.Engine:
@@ -45,13 +47,17 @@ def health() -> str:
 @app.route("/orders", methods=["POST"])
 def place_order() -> tuple[Response, int]:
     product = int(request.get_json()["product"])
-    # 1 product in 97 is one the catalogue lost: a trickle of 5xx, so the error panels have
-    # data, at a rate (1%) below what the fast burn-rate alert pages on (1.44% for 99.9%).
-    if product % 97 == 0:
+    # 1 product in LOST_EVERY is one the catalogue lost: a trickle of 5xx, so that the error
+    # panels have data, below what the fast burn-rate alert pages on (0.6% over 30 minutes).
+    if product % LOST_EVERY == 0:
         raise RuntimeError(f"no catalogue entry for product {product}")
     priced = http.get(f"{PRICING}/price/{product}", timeout=5)
-    priced.raise_for_status()
-    price = priced.json()["price"]
+    if priced.status_code == 503:  # pricing's feed is stale: the list price will do
+        log.warning("pricing unavailable for product %d; list price used", product)
+        price = LIST_PRICE
+    else:
+        priced.raise_for_status()
+        price = priced.json()["price"]
     # A client retrying a checkout sends the same idempotency key: the database refuses the
     # duplicate (a failed INSERT in the Databases dashboard) and the order is not placed twice.
     key = "retry" if product % 53 == 0 else f"order-{product}-{time.time_ns()}"

@@ -53,7 +53,16 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 from opentelemetry.sdk.util import BoundedList
-from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 from opentelemetry.trace import Span as TraceSpan
 from opentelemetry.trace.propagation import get_current_span
 from opentelemetry.trace.span import TraceState
@@ -644,6 +653,29 @@ def _ignores_scope(processor: SpanProcessor, scope_name: str) -> bool:
         return False
 
 
+# The fields ServerSpan sets itself (in __init__) on top of its class attributes.
+_SERVER_SPAN_FIELDS = frozenset((
+    "_name", "_context", "_instrumentation_info", "_instrumentation_scope", "_parent", "_start_time", "_resource",
+    "_sampler", "_span_processor", "_limits", "_lock", "_record_end_metrics", "_pipeline", "_attributes",
+))  # fmt: skip
+
+
+def _server_span_has_the_sdk_fields() -> bool:
+    """Whether ServerSpan sets every field the SDK's span has in this SDK release: a release
+    that adds one (which its methods would read) turns ServerSpan off, and server spans are
+    then started by the tracer, as any span."""
+    try:
+        from opentelemetry.sdk.trace import _Span  # the SDK's concrete span, made here without a tracer
+
+        probe = _Span("probe", INVALID_SPAN_CONTEXT)
+    except Exception:
+        return False
+    missing = set(vars(probe)) - _SERVER_SPAN_FIELDS - set(vars(ServerSpan))
+    if missing:
+        _logger.debug("meshlens: the SDK's span has fields ServerSpan does not set (%s); not used", missing)
+    return not missing
+
+
 class ServerSpanStarter:
     """Starts the server spans of meshlens's HTTP middlewares, as the SDK's ``Tracer.start_span``
     would (same sampler, id generator, tracer configuration, internal span metrics), with
@@ -663,6 +695,7 @@ class ServerSpanStarter:
             for name in ("_span_limits", "_instrumentation_scope", "_tracer_metrics", "_is_enabled",
                          "id_generator", "sampler", "span_processor", "resource", "instrumentation_info")
         )  # fmt: skip
+        self._fast = self._fast and _server_span_has_the_sdk_fields()
         self._pipeline: ServerSpanPipeline | None = None
         # The SDK's internal span metrics, when they are on (set when the tracer is made).
         metrics = getattr(tracer, "_tracer_metrics", None)
