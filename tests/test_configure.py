@@ -140,3 +140,18 @@ def test_an_unsupported_library_version_is_reported_once(tmp_path):
     assert result.stdout.split() == ["False", "False"]
     warnings = [line for line in result.stderr.splitlines() if "flask<1" in line]
     assert len(warnings) == 1 and "runs untraced" in warnings[0], result.stderr
+
+
+def test_shutdown_stops_taking_scrapes_before_the_process_is_gone():
+    """A pre-fork worker that exits shares its port with the others: from shutdown on it
+    must not accept scrapes (the kernel would hand it scrapes that die with it)."""
+    port = free_port()
+    result = _run(
+        "import meshlens, socket, urllib.request\n"
+        f"runtime = meshlens.configure(metrics_port={port}, metrics_host='127.0.0.1')\n"
+        f"print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics').status)\n"
+        "runtime.shutdown()\n"
+        f"print(socket.socket().connect_ex(('127.0.0.1', {port})) != 0)\n",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["200", "True"]

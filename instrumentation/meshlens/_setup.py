@@ -74,9 +74,18 @@ class Runtime:
         if self._stopped:
             return
         self._stopped = True
+        # Stop taking scrapes first, beside the flush: a pre-fork worker that is exiting
+        # still shares the port, and the kernel would go on handing it scrapes that die with
+        # it (a failed or cut-off scrape); once it stops listening they go to the others.
+        closing = None
+        if self.metrics_server is not None:
+            closing = threading.Thread(target=self.metrics_server.stop, name="meshlens-metrics-stop", daemon=True)
+            closing.start()
         flush_and_shutdown(self.tracer_provider, self.span_processor, self.settings.shutdown_timeout_s)
         if self.runtime_metrics is not None:
             self.runtime_metrics.stop()
+        if closing is not None:
+            closing.join(2.0)
 
 
 _lock = threading.Lock()

@@ -158,7 +158,8 @@ class MetricsServer:
         )
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        """Stops listening (within the serving loop's half-second poll); safe to call twice."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()

@@ -506,7 +506,7 @@ class ServerSpan(Span):
     ) -> None:
         # Not the SDK's __init__: these are the fields the SDK's Span and ReadableSpan
         # methods read, set as they would be, without the allocations described above
-        # (the ones every server span starts with are class attributes, below).
+        # (those every server span starts with the same values are the class attributes above).
         self._name = name
         self._context = context
         self._instrumentation_info = tracer.instrumentation_info
