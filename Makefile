@@ -65,7 +65,7 @@ bundle: $(STAMP) ## Regenerate dashboards, rules, promtool tests and collector c
 bench: setup ## Overhead benchmark: uninstrumented vs meshlens vs opentelemetry-instrument (takes minutes)
 	$(PYTHON) benchmarks/overhead/run.py $(BENCH_ARGS)
 
-demo: setup ## A sample service with the import line: requests, its trace and its metrics
+demo: setup ## The whole stack live: four services, Kafka, Prometheus, Alertmanager, a fault, alerts firing
 	$(PYTHON) demo/run.py
 
 .PHONY: help setup tools lint docs test test-pythons bundle bench demo

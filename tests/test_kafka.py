@@ -24,6 +24,7 @@ pytest.importorskip("kafka")
 pytest.importorskip("aiokafka")
 
 pytestmark = pytest.mark.slow
+BAGGAGE_KEY = "saga.id"
 
 PRODUCER_SERVICE = "kafka-producer"
 SENT = "messaging_client_sent_messages_total"
@@ -67,7 +68,7 @@ def cluster() -> Cluster:
 def producer(sink, cluster, tmp_path_factory):
     port = free_port()
     env = base_env(sink, free_port(), OTEL_SERVICE_NAME=PRODUCER_SERVICE, PORT=str(port),
-                   KAFKA_BOOTSTRAP=cluster.bootstrap)
+                   KAFKA_BOOTSTRAP=cluster.bootstrap, MESHLENS_BAGGAGE_TO_ATTRIBUTES=BAGGAGE_KEY)
     log = tmp_path_factory.mktemp("kafka-producer") / "service.log"
     with running([sys.executable, "kafka_producer_app.py"], port, env, log) as service:
         yield service
@@ -78,7 +79,8 @@ def consumer_service(sink, cluster: Cluster, client: str, mode: str, topic: str,
     port = free_port()
     name = f"kafka-consumer-{client}-{mode}-{topic}"
     env = base_env(sink, free_port(), OTEL_SERVICE_NAME=name, PORT=str(port), KAFKA_BOOTSTRAP=cluster.bootstrap,
-                   KAFKA_CLIENT=client, KAFKA_MODE=mode, KAFKA_TOPIC=topic, KAFKA_GROUP=f"group-{topic}")
+                   KAFKA_CLIENT=client, KAFKA_MODE=mode, KAFKA_TOPIC=topic, KAFKA_GROUP=f"group-{topic}",
+                   MESHLENS_BAGGAGE_TO_ATTRIBUTES=BAGGAGE_KEY)
     with running([sys.executable, "kafka_consumer_app.py"], port, env, log_dir / f"{name}.log") as service:
         service.name = name
         service.group = f"group-{topic}"
@@ -101,10 +103,12 @@ def wait_processed(consumer, count_: int, timeout: float = 45.0) -> list[dict]:
     raise AssertionError(f"{consumer.name} processed {processed(consumer)}, expected {count_}; log:\n{consumer.log()}")
 
 
-def produce_through_http(producer, client: str, topic: str, value: str = "hello") -> tuple[str, str]:
+def produce_through_http(producer, client: str, topic: str, value: str = "hello",
+                         baggage: str = "") -> tuple[str, str]:
     """Asks the producer service to send one message inside a trace the test starts."""
     trace_id, parent_span_id, header = traceparent()
-    status, body, _ = producer.get(f"/produce/{client}?topic={topic}&value={value}", {"traceparent": header})
+    headers = {"traceparent": header, **({"baggage": baggage} if baggage else {})}
+    status, body, _ = producer.get(f"/produce/{client}?topic={topic}&value={value}", headers)
     assert status == 200, body
     return trace_id, parent_span_id
 
@@ -250,6 +254,21 @@ def test_a_failure_logged_while_processing_marks_the_processing_failed(producer,
     ok = next(s for s in sink.wait_trace(ok_trace, lambda s: any(x.kind == CONSUMER_KIND for x in s), timeout=45)
               if s.kind == CONSUMER_KIND)
     assert ok.status_code != 2 and "error.type" not in ok.attributes
+
+
+def test_listed_baggage_crosses_the_kafka_hop_onto_the_consumers_span(producer, confluent_consumer, sink):
+    """MESHLENS_BAGGAGE_TO_ATTRIBUTES: a saga id sent as baggage to the producing service is on
+    its spans, travels in the message headers, and is on the consumer's processing span."""
+    consumer = confluent_consumer
+    saga = f"saga-{secrets.token_hex(4)}"
+    trace_id, _ = produce_through_http(producer, "confluent-kafka", consumer.topic,
+                                       baggage=f"{BAGGAGE_KEY}={saga},card=4111")
+    spans = sink.wait_trace(trace_id, lambda s: any(x.kind == CONSUMER_KIND for x in s), timeout=45)
+    process = next(s for s in spans if s.kind == CONSUMER_KIND)
+    send = next(s for s in spans if s.kind == PRODUCER_KIND)
+    assert process.attributes.get(BAGGAGE_KEY) == saga
+    assert send.attributes.get(BAGGAGE_KEY) == saga
+    assert "card" not in process.attributes and "card" not in send.attributes
 
 
 @pytest.mark.parametrize("client", ["kafka-python", "aiokafka"])
