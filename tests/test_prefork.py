@@ -162,7 +162,14 @@ def _check_group(service, sink, route: str, count: int = N, master: bool = False
     """``master``: meshlens was set up in the master, which then forked the workers."""
     _wait_workers(service, 4 + master)
     served = _drive(service, count)
+    # The sum needs requests on several workers; which worker the kernel hands a connection
+    # is its choice, and on a busy machine one worker can take a whole batch: send more.
+    sent = count
+    while len(served) < 2 and sent < 5 * count:
+        served += _drive(service, count, first=sent)
+        sent += count
     assert len(served) >= 2, f"requests did not spread over workers: {served}"
+    count = sent
     _wait_count(service, route, count)
     _assert_exact(service, route, count)
     _check_spans(sink, route, count, served)
