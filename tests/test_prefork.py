@@ -74,6 +74,19 @@ def _drive(service, count: int, first: int = 0, connections: int = 8) -> Counter
         return Counter(pool.map(one, range(first, first + count)))
 
 
+def _drive_spread(service, count: int) -> tuple[Counter[int], int]:
+    """``count`` requests, then more until at least two workers served some: which worker
+    the kernel hands a connection is its choice, and when requests are fast one worker can
+    take a whole batch. Returns the pids served and how many requests were sent."""
+    served = _drive(service, count)
+    sent = count
+    while len(served) < 2 and sent < 5 * count:
+        served += _drive(service, count, first=sent)
+        sent += count
+    assert len(served) >= 2, f"requests did not spread over workers: {served}"
+    return served, sent
+
+
 def _scrape(service, openmetrics: bool = False, attempts: int = 5) -> str:
     """One scrape; retried when the worker that got the connection was exiting."""
     for attempt in range(attempts):
@@ -161,15 +174,7 @@ def _wait_workers(service, expected: int, timeout: float = 60.0) -> None:
 def _check_group(service, sink, route: str, count: int = N, master: bool = False) -> Counter[int]:
     """``master``: meshlens was set up in the master, which then forked the workers."""
     _wait_workers(service, 4 + master)
-    served = _drive(service, count)
-    # The sum needs requests on several workers; which worker the kernel hands a connection
-    # is its choice, and on a busy machine one worker can take a whole batch: send more.
-    sent = count
-    while len(served) < 2 and sent < 5 * count:
-        served += _drive(service, count, first=sent)
-        sent += count
-    assert len(served) >= 2, f"requests did not spread over workers: {served}"
-    count = sent
+    served, count = _drive_spread(service, count)
     _wait_count(service, route, count)
     _assert_exact(service, route, count)
     _check_spans(sink, route, count, served)
@@ -303,8 +308,7 @@ def test_sigterm_to_the_master_flushes_every_workers_buffered_spans(sink, groups
     with running(_gunicorn(port, "flask_app:app"), port, env, tmp_path / "service.log",
                  timeout=START_TIMEOUT) as service:
         _wait_workers(service, 4)
-        served = _drive(service, count)
-        assert len(served) >= 2, served
+        served, count = _drive_spread(service, count)
         _wait_count(service, FLASK_ROUTE, count)
         assert not _server_spans(sink.snapshot(), FLASK_ROUTE)
         returncode = service.stop(signal.SIGTERM)
