@@ -27,7 +27,6 @@ ABSENT_HERE = {
     Origin.KAFKA_EXPORTER: "needs kafka-exporter next to a real broker",
 }
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_KINDS = {"CLIENT": 3, "SERVER": 2, "PRODUCER": 4, "CONSUMER": 5}
 
 
 def waterfall(spans: Iterable[ReceivedSpan], trace_id: str, width: int = 40) -> list[str]:
@@ -165,7 +164,3 @@ def red_lines(prometheus: Prometheus, folder: Path) -> list[str]:
         lines.append(f"  {service:<12} {route:<22} {rate[key]:>7.2f} {errors.get(key, 0.0):>7.1f}% "
                      f"{p99.get(key, math.nan):>8.1f}")
     return lines
-
-
-def kind_of(span: ReceivedSpan) -> str:
-    return next((name for name, number in _KINDS.items() if number == span.kind), "INTERNAL")

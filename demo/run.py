@@ -33,6 +33,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
@@ -56,8 +58,9 @@ DASHBOARDS = ROOT / "helm" / "meshlens" / "files" / "dashboards"
 RULES = ROOT / "helm" / "meshlens" / "files" / "rules"
 SERVICES = ("storefront", "orders", "pricing", "payments")
 FAULTY = "payments"
-BURN_ALERTS = ("MeshlensSLOBurnRateFast",)
-SERVER_KIND = 2
+# The burn-rate alerts that page, as alerts/slos.yaml declares them.
+BURN_ALERTS = tuple(alert["alert"] for alert in yaml.safe_load((ROOT / "alerts" / "slos.yaml").read_text())
+                    ["burn_rate_alerts"] if alert.get("severity") == "page")
 POSTGRES_PORT, REDIS_PORT = 5432, 6379
 
 
