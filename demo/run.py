@@ -167,7 +167,7 @@ def start_services(stack: Stack, sink: OtlpSink, bootstrap: str, fault_file: Pat
     base.update({"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "500",
                  "MESHLENS_METRICS_HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1", "KAFKA_BOOTSTRAP": bootstrap,
                  "OTEL_RESOURCE_ATTRIBUTES": "k8s.namespace.name=demo", "PAYMENTS_FAULT_FILE": str(fault_file),
-                 "ORDERS_DATABASE_URL": database,
+                 "ORDERS_DATABASE_URL": database, "REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}/0",
                  # --short runs seconds, not minutes: lost products come often enough to be seen.
                  "ORDERS_LOST_EVERY": "97" if short else "307"})
     ports = {name: (free_port(), free_port()) for name in SERVICES}

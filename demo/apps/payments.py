@@ -28,7 +28,7 @@ def _redis() -> Any:
     try:
         import redis
 
-        client = redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=0.2)
+        client = redis.Redis.from_url(os.environ["REDIS_URL"], socket_connect_timeout=0.2)
         client.ping()
         return client
     except Exception as exc:
