@@ -122,6 +122,28 @@ def test_an_unsampled_request_has_no_recording_span_but_counts():
     assert t.count("GET", "/r", "200") == 20
 
 
+def test_a_jaeger_debug_request_is_sampled_whatever_the_ratio():
+    """A ``jaeger-debug-id`` with no trace context: the server span is sampled under a 0 ratio
+    and carries the id, as meshlens's sampler (build_sampler) decides it on the direct path."""
+    from opentelemetry import propagate
+
+    from meshlens.propagation import FORMATS, MeshlensPropagator
+
+    t = Telemetry(sampler_arg="0")
+    previous = propagate.get_global_textmap()
+    propagate.set_global_textmap(MeshlensPropagator(FORMATS))
+    try:
+        app = t.server.wsgi(hello, lambda env: "/r")
+        assert call(app, environ(HTTP_JAEGER_DEBUG_ID="ticket-4711"))[0] == "200 OK"
+        assert call(app, environ())[0] == "200 OK"
+    finally:
+        propagate.set_global_textmap(previous)
+    (span,) = t.spans()
+    assert span.attributes["jaeger-debug-id"] == "ticket-4711"
+    assert span.parent is None
+    assert t.count("GET", "/r", "200") == 2
+
+
 def test_child_spans_of_an_unsampled_request_still_feed_the_metrics():
     t = Telemetry(sampler_arg="0")
     tracer = t.provider.get_tracer("db")

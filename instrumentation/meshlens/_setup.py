@@ -164,9 +164,6 @@ def _start(settings: Settings) -> Runtime:
     tracer_provider, span_processor = build_tracer_provider(
         settings, build_resource(settings), instruments, red
     )
-    # Jaeger debug requests are sampled whatever the sampler says (see meshlens.propagation).
-    # Set before any tracer is taken from the provider: each tracer keeps the sampler it got.
-    tracer_provider.sampler = propagation.JaegerDebugSampler(tracer_provider.sampler)
     trace.set_tracer_provider(tracer_provider)
     propagate.set_global_textmap(_propagator(settings.propagators))
 

@@ -72,6 +72,7 @@ from meshlens import catalogue
 from meshlens._version import __version__
 from meshlens.instruments import Instruments
 from meshlens.otlp import EncodedSpan
+from meshlens.propagation import JaegerDebugSampler
 from meshlens.settings import DEFAULT_OTLP_GRPC_ENDPOINT, DEFAULT_OTLP_HTTP_ENDPOINT, Settings
 
 try:  # the SDK's internal span metrics when they are off (a private module of the SDK)
@@ -201,7 +202,10 @@ def build_sampler(settings: Settings) -> Sampler:
         "parentbased_always_off": ParentBased(ALWAYS_OFF),
         "parentbased_traceidratio": ParentBased(ratio),
     }[settings.sampler]
-    return RecordUnsampled(delegate)
+    # Jaeger debug requests are sampled whatever the configured sampler says; inside
+    # RecordUnsampled, so that its decision is still "the configured one" for callers that
+    # record their own metrics (and ServerSpanStarter's direct path sees RecordUnsampled).
+    return RecordUnsampled(JaegerDebugSampler(delegate))
 
 
 def traces_endpoint(settings: Settings) -> str:
