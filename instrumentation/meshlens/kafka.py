@@ -76,6 +76,7 @@ from opentelemetry.semconv._incubating.attributes.messaging_attributes import (
     MESSAGING_OPERATION_NAME,
     MESSAGING_OPERATION_TYPE,
     MESSAGING_SYSTEM,
+    MessagingOperationTypeValues,
 )
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
@@ -88,7 +89,7 @@ from meshlens.instruments import GuardedMetric, Instruments
 _logger = logging.getLogger("meshlens")
 
 SYSTEM = "kafka"
-PROCESS = "process"
+PROCESS = MessagingOperationTypeValues.PROCESS.value
 """``messaging.operation.name`` and ``.type`` of the consumer's span."""
 STATISTICS_INTERVAL_MS = 5000
 """How often librdkafka reports its statistics (and so the lag), unless the service chose."""

@@ -77,9 +77,11 @@ def _modules_by_distribution() -> dict[str, frozenset[str]]:
     return {name: frozenset(found) for name, found in modules.items()}
 
 
-def instrumented_requirements(
-    dist: Any, extras: Iterable[str] = ("instruments", "instruments-any")
-) -> list[Requirement]:
+# The extras under which a contrib instrumentation package lists the libraries it instruments.
+CONTRIB_EXTRAS = ("instruments", "instruments-any")
+
+
+def instrumented_requirements(dist: Any, extras: Iterable[str] = CONTRIB_EXTRAS) -> list[Requirement]:
     """The requirements a distribution declares under ``extras``: for a contrib package, the
     libraries it instruments (its ``instruments`` extras); for meshlens's own instrumentors,
     the meshlens extra their entry point names (see :func:`_own_extras`)."""
@@ -101,7 +103,7 @@ def _own_extras(entry_point: EntryPoint) -> tuple[str, ...]:
     return tuple(getattr(entry_point, "extras", None) or ())
 
 
-def trigger_modules(dist: Any, extras: Iterable[str] = ("instruments", "instruments-any")) -> frozenset[str]:
+def trigger_modules(dist: Any, extras: Iterable[str] = CONTRIB_EXTRAS) -> frozenset[str]:
     """The top-level modules of the installed libraries an instrumentation instruments."""
     names = {_normalize(requirement.name) for requirement in instrumented_requirements(dist, extras)}
     by_distribution = _modules_by_distribution()
@@ -252,7 +254,7 @@ def instrument_installed(
                 _defer(name, entry_point, kwargs)
                 outcomes.append(Outcome(name, True, "deferred until {}.{}()".format(*DEFERRED_UNTIL[name])))
                 continue
-            triggers = trigger_modules(dist, own_extras) if own_extras else trigger_modules(dist)
+            triggers = trigger_modules(dist, own_extras or CONTRIB_EXTRAS)
             if not triggers or any(module in sys.modules for module in triggers):
                 outcomes.append(_instrument(name, entry_point, kwargs))
                 continue

@@ -17,6 +17,14 @@ from typing import Any
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
+from opentelemetry.semconv._incubating.attributes.messaging_attributes import (
+    MESSAGING_CONSUMER_GROUP_NAME,
+    MESSAGING_DESTINATION_NAME,
+    MESSAGING_OPERATION_NAME,
+    MESSAGING_OPERATION_TYPE,
+    MESSAGING_SYSTEM,
+    MessagingOperationTypeValues,
+)
 from opentelemetry.semconv.attributes.db_attributes import DB_NAMESPACE, DB_OPERATION_NAME, DB_SYSTEM_NAME
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.semconv.attributes.exception_attributes import EXCEPTION_TYPE
@@ -47,13 +55,9 @@ _RPC_STATUS = ("rpc.grpc.status_code",)
 _REDIS_PIPELINE = "db.redis.pipeline_length"
 # Messaging (Kafka): aiokafka's and meshlens's spans use the current names, confluent-kafka's
 # and kafka-python's producer spans the older ``messaging.destination``.
-_MESSAGING_SYSTEM = "messaging.system"
-_MESSAGING_DESTINATION = ("messaging.destination.name", "messaging.destination")
-_MESSAGING_OPERATION_NAME = "messaging.operation.name"
-_MESSAGING_OPERATION_TYPE = "messaging.operation.type"
-_MESSAGING_CONSUMER_GROUP = "messaging.consumer.group.name"
-_MESSAGING_PROCESS = "process"
-_MESSAGING_SEND = "send"  # the conventions' operation name for a Kafka producer
+_MESSAGING_DESTINATION = (MESSAGING_DESTINATION_NAME, "messaging.destination")
+_MESSAGING_PROCESS = MessagingOperationTypeValues.PROCESS.value
+_MESSAGING_SEND = MessagingOperationTypeValues.SEND.value  # the operation name of a Kafka producer's send
 _EXCEPTION = "exception"
 _OTHER_ERROR = "_OTHER"
 _GRPC_OK, _GRPC_UNKNOWN = "0", "2"
@@ -276,7 +280,7 @@ class RedMetricsProcessor(SpanProcessor):
         """A producer's send, or a consumer's processing (meshlens.kafka's ``process`` spans;
         contrib's receive spans are not processing and are not measured)."""
         attributes = span.attributes or {}
-        system = attributes.get(_MESSAGING_SYSTEM)
+        system = attributes.get(MESSAGING_SYSTEM)
         if system is None:
             return
         assert span.end_time is not None and span.start_time is not None
@@ -289,11 +293,11 @@ class RedMetricsProcessor(SpanProcessor):
         destination = _text(_first(attributes, _MESSAGING_DESTINATION))
         error = _error_type(span)
         if span.kind is SpanKind.PRODUCER:
-            operation = _text(attributes.get(_MESSAGING_OPERATION_NAME)) or _MESSAGING_SEND
+            operation = _text(attributes.get(MESSAGING_OPERATION_NAME)) or _MESSAGING_SEND
             self._messaging_operation.observe((system, destination, operation, error), duration, trace_id, span_id)
             self._messaging_sent.labels(system, destination, error).inc()
-        elif attributes.get(_MESSAGING_OPERATION_TYPE) == _MESSAGING_PROCESS:
-            group = _text(attributes.get(_MESSAGING_CONSUMER_GROUP))
+        elif attributes.get(MESSAGING_OPERATION_TYPE) == _MESSAGING_PROCESS:
+            group = _text(attributes.get(MESSAGING_CONSUMER_GROUP_NAME))
             self._messaging_process.observe((system, destination, group, error), duration, trace_id, span_id)
 
     def _measured_elsewhere(self, span: ReadableSpan) -> bool:
