@@ -161,13 +161,12 @@ class GuardedMetric:
                 self._recorders[values] = recorder
         else:
             child = None
+        index = bisect_left(self._upper_bounds, amount)
         if recorder is None or math.isnan(amount):  # NaN lands in no bucket: prometheus-client's own rule
             if child is None:
                 child = self.labels(*values)
             child.observe(amount)
-            index = bisect_left(self._upper_bounds, amount)
         else:
-            index = bisect_left(self._upper_bounds, amount)
             recorder.add_sum(amount)
             recorder.add_to_bucket[index](1)
             child = recorder.child
