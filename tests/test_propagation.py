@@ -358,6 +358,48 @@ def test_fuzz_every_extractor(carrier):
     ALL.inject({}, context)  # what was extracted can always be written
 
 
+class _AskedFor:
+    """A getter that notes which headers extraction looks up."""
+
+    def __init__(self) -> None:
+        self.asked: set[str] = set()
+
+    def get(self, carrier, key):
+        self.asked.add(key)
+        value = carrier.get(key)
+        return None if value is None else [value]
+
+    def keys(self, carrier):
+        return list(carrier)
+
+
+@pytest.mark.parametrize("names", [FORMATS, Settings().propagators, ("tracecontext",), ("b3multi",), ("jaeger",),
+                                   ("baggage",), ()], ids=lambda names: ",".join(names) or "none")
+def test_headers_read_are_exactly_what_a_request_without_headers_is_asked_for(names):
+    """A server skips extraction when none of ``headers_read()`` is present: the list must be
+    every header looked up when none is there (the rest are looked up only beside one)."""
+    propagator = MeshlensPropagator(names)
+    getter = _AskedFor()
+    context = Context()
+    assert propagator.extract({}, context, getter) is context
+    assert propagator.headers_read() == frozenset(getter.asked)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(HEADERS + ["x-other", "uberctx-k2"]), values, max_size=4))
+def test_a_carrier_without_any_header_read_extracts_nothing(carrier):
+    headers = ALL.headers_read()
+    context = Context()
+    if headers.isdisjoint(carrier):
+        assert ALL.extract(carrier, context) is context
+
+
+def test_other_propagators_make_the_headers_read_unknown():
+    from opentelemetry.propagators.b3 import B3MultiFormat
+
+    assert MeshlensPropagator(FORMATS, [B3MultiFormat()]).headers_read() is None
+
+
 def test_nothing_retained_across_calls():
     carrier = {h: "x" * 4000 for h in HEADERS} | W3C | {"tracestate": "a=1," * 1000, "baggage": "k=v," * 1000}
     for _ in range(20):

@@ -155,3 +155,46 @@ def test_the_resource_hash_is_computed_once_and_survives_merging(monkeypatch):
     assert type(merged) is type(resource)
     assert merged.attributes["process.pid"] == 7 and merged.attributes["service.name"] == "orders"
     assert merged == merged.merge(Resource({}))
+
+
+SAMPLERS = ["always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off",
+            "parentbased_traceidratio"]
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_the_configured_samplers_one_step_decision_is_the_full_chains(name):
+    """ServerSpanStarter asks ConfiguredSampler.sampled instead of the chain of samplers: the
+    same answer for every kind of parent, and no answer (so the chain) for Jaeger debug requests."""
+    from opentelemetry import trace
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.trace.sampling import Decision
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+    from meshlens.propagation import FORMATS, MeshlensPropagator
+    from meshlens.tracing import ConfiguredSampler
+
+    sampler = build_sampler(load_settings({"OTEL_TRACES_SAMPLER": name, "OTEL_TRACES_SAMPLER_ARG": "0.3"}))
+    configured = sampler.delegate
+    assert type(configured) is ConfiguredSampler
+    state = TraceState([("vendor", "x")])
+
+    def under(remote: bool, flags: int) -> Context:
+        parent = SpanContext(0xABC, 0xDEF, remote, TraceFlags(flags), state)
+        return trace.set_span_in_context(NonRecordingSpan(parent))
+
+    contexts = [Context(), under(True, 1), under(True, 0), under(False, 1), under(False, 0),
+                trace.set_span_in_context(NonRecordingSpan(trace.INVALID_SPAN_CONTEXT))]
+    trace_ids = [(n * 0x9E3779B97F4A7C15_F39CC0605CEDC834) % (1 << 128) or 1 for n in range(1, 301)]
+    answers = set()
+    for context in contexts:
+        parent = trace.get_current_span(context).get_span_context()
+        for trace_id in trace_ids:
+            sampled = configured.sampled(context, parent if parent.is_valid else None, trace_id)
+            result = configured.should_sample(context, trace_id, "GET", SpanKind.SERVER, None, ())
+            assert sampled is (result.decision is Decision.RECORD_AND_SAMPLE), (context, trace_id)
+            assert result.trace_state == (parent.trace_state if parent.is_valid else None)
+            answers.add(sampled)
+    assert answers == {"always_on": {True}, "always_off": {False}}.get(name, {True, False})
+    debug = MeshlensPropagator(FORMATS).extract({"jaeger-debug-id": "t-1"})
+    assert configured.sampled(debug, None, trace_ids[0]) is None
+    assert configured.should_sample(debug, trace_ids[0], "GET").decision is Decision.RECORD_AND_SAMPLE

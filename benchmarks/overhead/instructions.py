@@ -3,12 +3,13 @@
 The wrk benchmark (run.py) measures what a user sees, but this VM's run-to-run spread is
 15 to 70%, too wide to see a 10 µs change. Instruction counts do not move with the
 machine's load: the same code and inputs give the same count. This script calls the
-benchmark's Flask app in-process (no server, no sockets: the app's own work and
-meshlens's), under ``valgrind --tool=callgrind``, twice with different request counts,
-and reports the difference per request, so start-up costs cancel out.
+benchmark's Flask app (as a WSGI server would) or FastAPI app (as an ASGI server would, on
+one event loop) in-process: no server, no sockets, only the app's own work and meshlens's.
+It runs under ``valgrind --tool=callgrind`` twice with different request counts and
+reports the difference per request, so start-up costs cancel out.
 
     python benchmarks/overhead/instructions.py                 # every variant, about 3 minutes
-    python benchmarks/overhead/instructions.py --variants plain,sampled
+    python benchmarks/overhead/instructions.py --flavour fastapi --variants plain,sampled
     python benchmarks/overhead/instructions.py --variants unsampled --requests 100,400   # quicker
 
 A single variant is enough while iterating: each one's count is its own, ``plain`` is only
@@ -23,6 +24,7 @@ sink). Counts include every thread (the export thread too). Not a test: informat
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import os
 import subprocess
@@ -30,6 +32,7 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import procs
 
@@ -38,12 +41,12 @@ APPS = HERE / "apps"
 SMALL, LARGE = 300, 1300
 WARMUP = 200
 
-VARIANTS: Mapping[str, tuple[str, Mapping[str, str]]] = {
-    "plain": ("flask_plain", {}),
-    "unsampled": ("flask_meshlens", {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-                                     "OTEL_TRACES_SAMPLER_ARG": "0"}),
-    "sampled-no-export": ("flask_meshlens", {"OTEL_TRACES_EXPORTER": "none"}),
-    "sampled": ("flask_meshlens", {}),
+FLAVOURS = ("flask", "fastapi")
+VARIANTS: Mapping[str, tuple[str, Mapping[str, str]]] = {  # variant: (app module suffix, environment)
+    "plain": ("plain", {}),
+    "unsampled": ("meshlens", {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0"}),
+    "sampled-no-export": ("meshlens", {"OTEL_TRACES_EXPORTER": "none"}),
+    "sampled": ("meshlens", {}),
 }
 
 
@@ -57,21 +60,48 @@ def _environ() -> dict[str, object]:
     }  # fmt: skip
 
 
-def drive(module: str, requests: int) -> None:
-    """In the measured process: import the app (meshlens first, if the module says so) and call it."""
-    sys.path.insert(0, str(APPS))
-    app = __import__(module).app
+def _scope() -> dict[str, object]:
+    """What uvicorn hands the app for ``GET /`` from wrk."""
+    return {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+        "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 50000), "scheme": "http", "method": "GET",
+        "root_path": "", "path": "/", "raw_path": b"/", "query_string": b"", "state": {},
+        "headers": [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"wrk")],
+    }  # fmt: skip
 
+
+def _drive_wsgi(app: Any, requests: int) -> None:
     def start_response(status: str, headers: object, exc_info: object = None) -> None:
         return None
 
-    for _ in range(WARMUP + requests):
+    for _ in range(requests):
         body = app(_environ(), start_response)
         for _chunk in body:
             pass
         close = getattr(body, "close", None)
         if close is not None:
             close()
+
+
+def _drive_asgi(app: Any, requests: int) -> None:
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: object) -> None:
+        return None
+
+    async def serve() -> None:
+        for _ in range(requests):
+            await app(_scope(), receive, send)
+
+    asyncio.run(serve())
+
+
+def drive(module: str, requests: int) -> None:
+    """In the measured process: import the app (meshlens first, if the module says so) and call it."""
+    sys.path.insert(0, str(APPS))
+    app = __import__(module).app
+    (_drive_asgi if module.startswith("fastapi") else _drive_wsgi)(app, WARMUP + requests)
     try:
         import meshlens  # only there when the module imported it
 
@@ -96,8 +126,9 @@ def _instructions(module: str, requests: int, env: Mapping[str, str]) -> int:
     raise RuntimeError(f"no instruction total in callgrind's output for {module}")
 
 
-def measure(variant: str, sink_endpoint: str, small: int = SMALL, large: int = LARGE) -> float:
-    module, extra = VARIANTS[variant]
+def measure(variant: str, sink_endpoint: str, small: int = SMALL, large: int = LARGE, flavour: str = "flask") -> float:
+    suffix, extra = VARIANTS[variant]
+    module = f"{flavour}_{suffix}"
     env = {key: value for key, value in os.environ.items() if not key.startswith(("OTEL_", "MESHLENS_"))}
     env.update({"MESHLENS_METRICS_PORT": "0", "OTEL_EXPORTER_OTLP_ENDPOINT": sink_endpoint,
                 # Randomised string hashes lay dicts out differently in every run: about 1% apart.
@@ -109,6 +140,7 @@ def measure(variant: str, sink_endpoint: str, small: int = SMALL, large: int = L
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--flavour", choices=FLAVOURS, default="flask", help="which app (default: %(default)s)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
     parser.add_argument("--requests", default=f"{SMALL},{LARGE}", metavar="SMALL,LARGE",
                         help="the two request counts whose difference is measured (default: %(default)s)")
@@ -133,11 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         procs.wait_http(f"http://127.0.0.1:{port}/stats", sink)
         endpoint = f"http://127.0.0.1:{port}"
-        counts = {variant: measure(variant, endpoint, small, large) for variant in variants}
+        counts = {variant: measure(variant, endpoint, small, large, args.flavour) for variant in variants}
     finally:
         procs.stop(sink)
     plain = counts.get("plain")
-    print("| variant | instructions/request | added to plain |")
+    print(f"| {args.flavour} variant | instructions/request | added to plain |")
     print("|---|--:|--:|")
     for variant, count in counts.items():
         added = f"{count - plain:+,.0f}" if plain is not None else "-"

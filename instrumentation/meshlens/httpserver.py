@@ -38,7 +38,8 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.propagators.textmap import Getter
+from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import Getter, TextMapPropagator
 from opentelemetry.semconv.attributes.client_attributes import CLIENT_ADDRESS, CLIENT_PORT
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.semconv.attributes.http_attributes import (
@@ -58,6 +59,7 @@ from meshlens._hooks import after_import
 from meshlens._once import WarnOnce
 from meshlens._version import __version__
 from meshlens.instruments import GuardedMetric, Instruments
+from meshlens.propagation import MeshlensPropagator
 from meshlens.red import KNOWN_METHODS
 from meshlens.tracing import ServerSpan, ServerSpanStarter
 
@@ -102,7 +104,7 @@ class _EnvironGetter(Getter[Environ]):
     def get(self, carrier: Environ, key: str) -> list[str] | None:
         name = self._keys.get(key)
         if name is None:
-            name = self._keys[key] = "HTTP_" + key.upper().replace("-", "_")
+            name = self._keys[key] = _environ_key(key)
         value = carrier.get(name)
         return [value] if value is not None else None
 
@@ -139,6 +141,24 @@ class _AsgiGetter(Getter[_AsgiHeaders]):
 
 _ENVIRON_GETTER = _EnvironGetter()
 _ASGI_GETTER = _AsgiGetter()
+_NO_PARENT = Context()  # what extraction returns for a request without propagation headers
+
+
+class _PropagationHeaders:
+    """The headers a propagator reads, as a WSGI environ and an ASGI scope carry their names;
+    None where the propagator does not say (then every request goes through its extract)."""
+
+    __slots__ = ("asgi_names", "environ_keys", "propagator")
+
+    def __init__(self, propagator: TextMapPropagator) -> None:
+        self.propagator = propagator
+        names = propagator.headers_read() if isinstance(propagator, MeshlensPropagator) else None
+        self.environ_keys = None if names is None else frozenset(_environ_key(name) for name in names)
+        self.asgi_names = None if names is None else frozenset(name.lower().encode("latin-1") for name in names)
+
+
+def _environ_key(header: str) -> str:
+    return "HTTP_" + header.upper().replace("-", "_")
 
 
 class Exchange:
@@ -224,14 +244,37 @@ class HttpServerTelemetry:
         self._active = instruments[catalogue.HTTP_SERVER_ACTIVE_REQUESTS]
         self._on_request = on_request
         self.excluded = excluded
+        self._headers = _PropagationHeaders(propagate.get_global_textmap())
+
+    def propagation_headers(self) -> _PropagationHeaders:
+        """What the global propagator reads (it may be replaced after set-up)."""
+        propagator = propagate.get_global_textmap()
+        headers = self._headers
+        if headers.propagator is not propagator:
+            headers = self._headers = _PropagationHeaders(propagator)
+        return headers
+
+    def wsgi_parent(self, environ: Environ) -> Context:
+        """The incoming context of a WSGI request."""
+        headers = self.propagation_headers()
+        if headers.environ_keys is not None and headers.environ_keys.isdisjoint(environ):
+            return _NO_PARENT
+        return headers.propagator.extract(environ, getter=_ENVIRON_GETTER)
+
+    def asgi_parent(self, carrier: _AsgiHeaders) -> Context:
+        """The incoming context of an ASGI request."""
+        headers = self.propagation_headers()
+        if headers.asgi_names is not None and headers.asgi_names.isdisjoint(dict(carrier.scope.get("headers") or ())):
+            return _NO_PARENT
+        return headers.propagator.extract(carrier, getter=_ASGI_GETTER)
 
     def start(
         self,
         method: str,
         scheme: str,
-        carrier: Any,
-        getter: Getter[Any],
+        parent: Context,
         attributes_of: Callable[[Any], dict[str, Any]],
+        carrier: Any,
         exchange_class: type[Exchange] = Exchange,
     ) -> Exchange:
         known = method if method in KNOWN_METHODS else _OTHER
@@ -239,7 +282,6 @@ class HttpServerTelemetry:
         active(1)
         if self._on_request is not None:
             self._on_request()
-        parent = propagate.extract(carrier, getter=getter)
         span = self._spans.start(known if known != _OTHER else "HTTP", parent, attributes_of, carrier)
         context_token = otel_context.attach(trace.set_span_in_context(span, parent))
         return exchange_class(self, span, known, active, context_token)
@@ -267,8 +309,8 @@ class HttpServerTelemetry:
         environ[_TRACED] = True
         try:
             exchange: Any = self.start(
-                environ.get("REQUEST_METHOD", ""), environ.get("wsgi.url_scheme", "http"), environ, _ENVIRON_GETTER,
-                _WSGI_REQUEST_ATTRIBUTES, _WsgiExchange,
+                environ.get("REQUEST_METHOD", ""), environ.get("wsgi.url_scheme", "http"), self.wsgi_parent(environ),
+                _WSGI_REQUEST_ATTRIBUTES, environ, _WsgiExchange,
             )  # fmt: skip
         except Exception:  # telemetry never costs the request
             _log_failure_once()
@@ -313,9 +355,10 @@ class HttpServerTelemetry:
         scope[_TRACED] = True
         root_path = scope.get("root_path", "")
         try:
+            carrier = _AsgiHeaders(scope)
             exchange = self.start(
-                scope.get("method", ""), scope.get("scheme", "http"), _AsgiHeaders(scope), _ASGI_GETTER,
-                _ASGI_REQUEST_ATTRIBUTES,
+                scope.get("method", ""), scope.get("scheme", "http"), self.asgi_parent(carrier),
+                _ASGI_REQUEST_ATTRIBUTES, carrier,
             )  # fmt: skip
         except Exception:  # telemetry never costs the request
             _log_failure_once()

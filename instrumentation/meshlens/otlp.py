@@ -37,7 +37,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
-from opentelemetry.trace.span import TraceState
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
 
 try:  # the exporters' pluggable HTTP transport (opentelemetry-exporter-otlp-proto-http 1.45+)
     from opentelemetry.exporter.http.transport._base import BaseHTTPResult, BaseHTTPTransport
@@ -64,11 +64,27 @@ _SERVER_KIND_FIELD = _KIND_FIELD[SpanKind.SERVER]
 _FLAGS_LOCAL_PARENT = b"\x85\x01" + _pack_fixed32(_SPAN_FLAGS_HAS_IS_REMOTE)  # field 16, fixed32
 _FLAGS_REMOTE_PARENT = b"\x85\x01" + _pack_fixed32(_SPAN_FLAGS_HAS_IS_REMOTE | _SPAN_FLAGS_IS_REMOTE)
 
-# Encoded key-values of string and integer attributes, which repeat from span to span. Bounded: a
-# value with unbounded cardinality (a URL path) passes through, the cache is cleared when
-# full and refills with what repeats.
+# Encoded key-values of string and integer attributes, which repeat from span to span, one
+# dict per field tag, keyed by (key, value): a str never equals an int, and bools (equal to
+# 0 and 1) never look it up. Bounded: a value with unbounded cardinality (a URL path) passes
+# through, a dict is cleared when full and refills with what repeats.
 _REPEATED_ATTRIBUTE_CACHE_SIZE = 4096
-_repeated_attributes: dict[tuple[int, str, str | int, type], bytes] = {}
+_repeated_attributes: dict[int, dict[tuple[str, str | int], bytes]] = {}
+
+# Members of the API's enums, read once: reading ``SpanKind.SERVER`` runs Python code of the
+# enum class on every access (about 100 ns), and hashing a member runs more.
+_SERVER = SpanKind.SERVER
+_UNSET_CODE, _OK_CODE = StatusCode.UNSET, StatusCode.OK
+
+UNSET_STATUS = Status(_UNSET_CODE)
+"""One shared unset status: a span holding this object (meshlens's server spans start with
+it) has its status encoded without a look inside."""
+
+_EMPTY_TRACE_STATE = DEFAULT_TRACE_STATE
+SPAN_CONTEXT_BY_POSITION = tuple(SpanContext(1, 2, True, None, None)) == (1, 2, True, 0, TraceState(), True)
+"""Whether SpanContext is the tuple ``(trace_id, span_id, is_remote, trace_flags, trace_state,
+is_valid)``, as in every API release so far: its properties are Python calls, and the hot
+paths read it by position where this holds."""
 
 
 def _varint(value: int) -> bytes:
@@ -127,13 +143,15 @@ def encode_attributes(tag: int, attributes: Mapping[str, Any] | None) -> bytes:
         return b""
     # BoundedAttributes iterates through the Mapping mixins, a Python call per item; its
     # plain dict is read directly when it has one.
-    items = getattr(attributes, "_dict", attributes).items()
+    items = (attributes if type(attributes) is dict else getattr(attributes, "_dict", attributes)).items()
     parts = []
-    cache = _repeated_attributes
+    cache = _repeated_attributes.get(tag)
+    if cache is None:
+        cache = _repeated_attributes.setdefault(tag, {})
     for key, value in items:
         value_type = type(value)
         if value_type is str or value_type is int:  # never bool: True == 1 would share an entry
-            cache_key = (tag, key, value, value_type)
+            cache_key = (key, value)
             cached = cache.get(cache_key)
             if cached is None:
                 if len(cache) >= _REPEATED_ATTRIBUTE_CACHE_SIZE:
@@ -192,14 +210,16 @@ def _link(link: Link) -> bytes:
 
 def _status(status: Status) -> bytes:
     """The Span.status field; the common ones (unset, ok, error without message) are constants."""
+    if status is UNSET_STATUS:
+        return _STATUS_UNSET
     code = status.status_code
     if status.description:
         body = _string(0x12, status.description) + _uint32(0x18, code.value)
         return b"\x7a" + _varint(len(body)) + body
     # Compared by identity: hashing an enum member runs Python code, on every span.
-    if code is StatusCode.UNSET:
+    if code is _UNSET_CODE:
         return _STATUS_UNSET
-    return _STATUS_OK if code is StatusCode.OK else _STATUS_ERROR
+    return _STATUS_OK if code is _OK_CODE else _STATUS_ERROR
 
 
 def _status_without_message(code: StatusCode) -> bytes:
@@ -225,10 +245,12 @@ def encode_span(span: ReadableSpan) -> bytes:
             span.links, span.dropped_links, span.status,
         )  # fmt: skip
     events, links = span._events, span._links
+    # A plain dict or tuple (a meshlens server span's, until a caller adds to it) drops nothing.
     return _encode_fields(
         span._context, span._parent, span._name, span._kind, span._start_time, span._end_time,
-        attributes, getattr(attributes, "dropped", 0), events, getattr(events, "dropped", 0),
-        links, getattr(links, "dropped", 0), span._status,
+        attributes, 0 if type(attributes) is dict else getattr(attributes, "dropped", 0),
+        events, 0 if type(events) is tuple else getattr(events, "dropped", 0),
+        links, 0 if type(links) is tuple else getattr(links, "dropped", 0), span._status,
     )  # fmt: skip
 
 
@@ -248,16 +270,20 @@ def _encode_fields(
     status: Status | None,
 ) -> bytes:
     """The Span message's fields in field-number order, proto3 defaults left out."""
-    parts = [
-        b"\x0a\x10" + context.trace_id.to_bytes(16, "big") + b"\x12\x08" + context.span_id.to_bytes(8, "big"),
-    ]
-    if context.trace_state:
-        parts.append(_string(0x1A, _trace_state(context.trace_state)))
+    if SPAN_CONTEXT_BY_POSITION:
+        trace_id, span_id, _, _, trace_state, _ = context
+        parent_span_id, parent_is_remote = (parent[1], parent[2]) if parent is not None else (0, False)
+    else:
+        trace_id, span_id, trace_state = context.trace_id, context.span_id, context.trace_state
+        parent_span_id, parent_is_remote = (parent.span_id, parent.is_remote) if parent is not None else (0, False)
+    parts = [b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x12\x08" + span_id.to_bytes(8, "big")]
+    if trace_state is not _EMPTY_TRACE_STATE and trace_state:
+        parts.append(_string(0x1A, _trace_state(trace_state)))
     if parent is not None:
-        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
+        parts.append(b"\x22\x08" + parent_span_id.to_bytes(8, "big"))
     if name:
         parts.append(_field(0x2A, name.encode("utf-8")))
-    parts.append(_SERVER_KIND_FIELD if kind is SpanKind.SERVER else _KIND_FIELD[kind])  # no enum hash, mostly
+    parts.append(_SERVER_KIND_FIELD if kind is _SERVER else _KIND_FIELD[kind])  # no enum hash, mostly
     if start_time:
         parts.append(b"\x39" + _pack_fixed64(start_time))
     if end_time:
@@ -276,7 +302,7 @@ def _encode_fields(
         parts.append(_uint32(0x70, dropped_links))
     if status is not None:
         parts.append(_status(status))
-    parts.append(_FLAGS_REMOTE_PARENT if parent is not None and parent.is_remote else _FLAGS_LOCAL_PARENT)
+    parts.append(_FLAGS_REMOTE_PARENT if parent_is_remote else _FLAGS_LOCAL_PARENT)
     return b"".join(parts)
 
 

@@ -532,6 +532,27 @@ class MeshlensPropagator(TextMapPropagator):
             names |= other.fields
         return names
 
+    def headers_read(self) -> frozenset[str] | None:
+        """The headers whose absence means ``extract`` returns the context it was given: those
+        read on every call (the others, such as ``tracestate`` or ``uberctx-*``, only beside
+        one of these). A server skips extraction for a request that carries none of them.
+        None when propagators of other entry points are configured: what they read is unknown."""
+        if self._others:
+            return None
+        formats = self._formats
+        if not formats.any:
+            return frozenset()
+        names = {REQUEST_ID_HEADER}
+        if formats.tracecontext:
+            names.add(TRACEPARENT_HEADER)
+        if formats.b3:
+            names |= {B3_SINGLE_HEADER, B3MultiFormat.TRACE_ID_KEY}
+        if formats.jaeger:
+            names |= {JAEGER_HEADER, JAEGER_DEBUG_ID_HEADER, JAEGER_BAGGAGE_HEADER}
+        if formats.baggage:
+            names.add(BAGGAGE_HEADER)
+        return frozenset(names)
+
 
 
 def _b3_ids(trace_hex: str, span_hex: str, sampled: bool) -> SpanContext | None:

@@ -59,8 +59,6 @@ from opentelemetry.trace import (
     NonRecordingSpan,
     SpanContext,
     SpanKind,
-    Status,
-    StatusCode,
     TraceFlags,
 )
 from opentelemetry.trace import Span as TraceSpan
@@ -71,8 +69,8 @@ from opentelemetry.util.types import AnyValue, Attributes
 from meshlens import catalogue
 from meshlens._version import __version__
 from meshlens.instruments import Instruments
-from meshlens.otlp import EncodedSpan
-from meshlens.propagation import JaegerDebugSampler
+from meshlens.otlp import SPAN_CONTEXT_BY_POSITION, UNSET_STATUS, EncodedSpan
+from meshlens.propagation import JAEGER_DEBUG_KEY, JaegerDebugSampler
 from meshlens.settings import DEFAULT_OTLP_GRPC_ENDPOINT, DEFAULT_OTLP_HTTP_ENDPOINT, Settings
 
 try:  # the SDK's internal span metrics when they are off (a private module of the SDK)
@@ -84,6 +82,10 @@ except ImportError:  # another SDK release: the metrics hook is always called
 
 _logger = logging.getLogger("meshlens")
 _sdk_logger = logging.getLogger("opentelemetry.sdk.trace")  # where the SDK's span warnings go
+
+# Enum members read once: each read of ``Decision.DROP`` runs Python code of the enum class.
+_DROP, _RECORD_ONLY, _RECORD_AND_SAMPLE = Decision.DROP, Decision.RECORD_ONLY, Decision.RECORD_AND_SAMPLE
+_SERVER = SpanKind.SERVER
 
 # Downward-API variables, as the usual pod specs name them, for each resource attribute.
 KUBERNETES_ENV: Mapping[str, tuple[str, ...]] = {
@@ -182,30 +184,59 @@ class RecordUnsampled(Sampler):
         result = self._delegate.should_sample(
             parent_context, trace_id, name, kind, attributes, links, trace_state
         )
-        if result.decision is Decision.DROP and not CALLER_RECORDS_METRICS.get():
+        if result.decision is _DROP and not CALLER_RECORDS_METRICS.get():
             # The SDK gives a span the attributes of its sampling result, not the ones it
             # was started with: a DROP result carries none, so pass the originals on.
-            return SamplingResult(Decision.RECORD_ONLY, attributes, result.trace_state)
+            return SamplingResult(_RECORD_ONLY, attributes, result.trace_state)
         return result
 
     def get_description(self) -> str:
         return f"RecordUnsampled{{{self._delegate.get_description()}}}"
 
 
+class ConfiguredSampler(JaegerDebugSampler):
+    """The sampler ``OTEL_TRACES_SAMPLER`` names (one of the SDK's six, ``configured``) behind
+    Jaeger's debug override, which can also give its decision for a server span in one step.
+
+    ``should_sample`` is :class:`JaegerDebugSampler`'s over the SDK's sampler. :meth:`sampled`
+    gives the same decision for a span started with no attributes and no links (as meshlens's
+    server spans are) without that chain of calls, in which each sampler reads the parent
+    from the context again and builds its own result: measured, about 18,000 instructions
+    per request, a fifth of what meshlens added to an unsampled request. A test holds the
+    two to the same answers for every kind of parent.
+    """
+
+    def __init__(self, configured: Sampler, parent_based: bool, root_bound: int) -> None:
+        super().__init__(configured)
+        self._parent_based = parent_based
+        self._root_bound = root_bound  # a trace id's low 64 bits below it: sampled (TraceIdRatioBased)
+
+    def sampled(self, parent_context: Context, parent: SpanContext | None, trace_id: int) -> bool | None:
+        """Whether ``should_sample`` samples a span with no attributes or links in ``parent_context``,
+        whose valid parent span context is ``parent`` (None for a root span); None where a
+        Jaeger debug request asks for the full decision."""
+        if JAEGER_DEBUG_KEY in parent_context:
+            return None
+        if parent is not None and self._parent_based:
+            # ParentBased's default delegates, remote and local alike: follow the parent's flag.
+            return bool(parent[3] & TraceFlags.SAMPLED) if SPAN_CONTEXT_BY_POSITION else parent.trace_flags.sampled
+        return trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < self._root_bound
+
+
 def build_sampler(settings: Settings) -> Sampler:
     ratio = TraceIdRatioBased(settings.sampler_arg)
-    delegate: Sampler = {
-        "always_on": ALWAYS_ON,
-        "always_off": ALWAYS_OFF,
-        "traceidratio": ratio,
-        "parentbased_always_on": ParentBased(ALWAYS_ON),
-        "parentbased_always_off": ParentBased(ALWAYS_OFF),
-        "parentbased_traceidratio": ParentBased(ratio),
-    }[settings.sampler]
+    always = ratio.get_bound_for_rate(1.0)
+    root, root_bound = {
+        "always_on": (ALWAYS_ON, always),
+        "always_off": (ALWAYS_OFF, 0),
+        "traceidratio": (ratio, ratio.bound),
+    }[settings.sampler.removeprefix("parentbased_")]
+    parent_based = settings.sampler.startswith("parentbased_")
+    configured = ParentBased(root) if parent_based else root
     # Jaeger debug requests are sampled whatever the configured sampler says; inside
     # RecordUnsampled, so that its decision is still "the configured one" for callers that
     # record their own metrics (and ServerSpanStarter's direct path sees RecordUnsampled).
-    return RecordUnsampled(JaegerDebugSampler(delegate))
+    return RecordUnsampled(ConfiguredSampler(configured, parent_based, root_bound))
 
 
 def traces_endpoint(settings: Settings) -> str:
@@ -453,7 +484,7 @@ _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _SAMPLED_RANDOM = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
 _UNSAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _UNSAMPLED_RANDOM = TraceFlags(TraceFlags.DEFAULT | TraceFlags.RANDOM_TRACE_ID)
-_UNSET = Status(StatusCode.UNSET)
+_UNSET = UNSET_STATUS
 # Hooks of the SDK's processors that do nothing: a server span skips calling them.
 _NO_OP_ON_START = frozenset(
     getattr(cls, "on_start", None) for cls in (SpanProcessor, BatchSpanProcessor, SimpleSpanProcessor)
@@ -488,7 +519,7 @@ class ServerSpan(Span):
     """
 
     # The SDK's fields as every server span starts (set on the instance when they change).
-    _kind = SpanKind.SERVER
+    _kind = _SERVER
     _end_time: int | None = None
     _events: Any = ()
     _links: Any = ()
@@ -725,7 +756,8 @@ class ServerSpanStarter:
         tracer = self._tracer
         if not self._fast or not tracer._is_enabled():
             return self._start_with_tracer(name, parent, attributes_of, carrier)
-        parent_span_context: SpanContext | None = get_current_span(parent).get_span_context()
+        # An empty context (a request with no propagation header) holds no span: no lookup.
+        parent_span_context: SpanContext | None = get_current_span(parent).get_span_context() if parent else None
         ids = tracer.id_generator
         if parent_span_context is not None and parent_span_context.is_valid:
             trace_id = parent_span_context.trace_id
@@ -735,29 +767,41 @@ class ServerSpanStarter:
             trace_id = ids.generate_trace_id()
             random_trace_id = ids.is_trace_id_random()
         sampler = tracer.sampler
+        sampled = None
+        attributes: Attributes = None
         if type(sampler) is RecordUnsampled:
             # What RecordUnsampled does for a caller that records its own metrics, without
             # the context variable: the configured sampler's decision as it is.
-            result = sampler.delegate.should_sample(parent, trace_id, name, SpanKind.SERVER, None, ())
+            configured = sampler.delegate
+            if type(configured) is ConfiguredSampler:
+                sampled = configured.sampled(parent, parent_span_context, trace_id)
+            if sampled is None:
+                result = configured.should_sample(parent, trace_id, name, _SERVER, None, ())
         else:
             token = CALLER_RECORDS_METRICS.set(True)
             try:
-                result = sampler.should_sample(parent, trace_id, name, SpanKind.SERVER, None, ())
+                result = sampler.should_sample(parent, trace_id, name, _SERVER, None, ())
             finally:
                 CALLER_RECORDS_METRICS.reset(token)
-        decision = result.decision
-        if decision is Decision.RECORD_AND_SAMPLE:
+        if sampled is None:
+            decision = result.decision
+            trace_state = result.trace_state
+            attributes = result.attributes
+        else:
+            decision = _RECORD_AND_SAMPLE if sampled else _DROP
+            trace_state = parent_span_context.trace_state if parent_span_context is not None else None
+        if decision is _RECORD_AND_SAMPLE:
             flags = _SAMPLED_RANDOM if random_trace_id else _SAMPLED
         else:
             flags = _UNSAMPLED_RANDOM if random_trace_id else _UNSAMPLED
-        context = SpanContext(trace_id, ids.generate_span_id(), False, flags, result.trace_state)
+        context = SpanContext(trace_id, ids.generate_span_id(), False, flags, trace_state)
         metrics = self._span_metrics
         record_end_metrics = metrics.start_span(parent_span_context, decision) if metrics is not None else None
-        if decision is Decision.DROP:
+        if decision is _DROP:
             return NonRecordingSpan(context)
         pipeline = self.pipeline()
         span = ServerSpan(
-            name, context, parent_span_context, tracer, attributes_of(carrier), result.attributes, pipeline,
+            name, context, parent_span_context, tracer, attributes_of(carrier), attributes, pipeline,
             record_end_metrics,
         )  # fmt: skip
         # What the SDK's Span.start does once the span exists (nothing else holds it yet).
@@ -770,7 +814,7 @@ class ServerSpanStarter:
     ) -> TraceSpan:
         token = CALLER_RECORDS_METRICS.set(True)
         try:
-            span = self._tracer.start_span(name, parent, SpanKind.SERVER)
+            span = self._tracer.start_span(name, parent, _SERVER)
         finally:
             CALLER_RECORDS_METRICS.reset(token)
         if span.is_recording():
