@@ -386,7 +386,7 @@ def test_headers_read_are_exactly_what_a_request_without_headers_is_asked_for(na
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.sampled_from(HEADERS + ["x-other", "uberctx-k2"]), values, max_size=4))
+@given(st.dictionaries(st.sampled_from([*HEADERS, "x-other", "uberctx-k2"]), values, max_size=4))
 def test_a_carrier_without_any_header_read_extracts_nothing(carrier):
     headers = ALL.headers_read()
     context = Context()
