@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -140,6 +141,47 @@ def test_an_outage_is_logged_once_and_its_drops_counted(caplog):
     dropped = instruments[catalogue.MESHLENS_SPANS_DROPPED].labels("export_failed")._value.get()
     assert dropped == 100
     assert instruments[catalogue.MESHLENS_SPANS_EXPORTED].labels()._value.get() == 5
+
+
+def test_a_batch_stuck_in_export_at_exit_is_counted_once_as_dropped(caplog):
+    """At exit, a collector that hangs holds a batch the queue no longer shows: those spans are
+    lost too, and counted (reason shutdown), not again when the export finally fails."""
+    import threading
+
+    from meshlens.tracing import CountedBatchSpanProcessor, flush_and_shutdown
+
+    class Hanging(SpanExporter):
+        def __init__(self) -> None:
+            self.entered, self.release = threading.Event(), threading.Event()
+
+        def export(self, spans):
+            self.entered.set()
+            self.release.wait(10)
+            return SpanExportResult.FAILURE
+
+        def shutdown(self):
+            return None
+
+    settings = load_settings({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4", "OTEL_BSP_SCHEDULE_DELAY": "60000"})
+    instruments = Instruments(100)
+    hanging = Hanging()
+    processor = CountedBatchSpanProcessor(ObservedExporter(hanging, instruments, "http://c:4318"), settings, instruments)
+    provider = TracerProvider(sampler=build_sampler(settings))
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("test")
+    for _ in range(4):  # one full batch: the export thread takes it and hangs
+        tracer.start_span("a").end()
+    assert hanging.entered.wait(5)
+    for _ in range(3):
+        tracer.start_span("b").end()
+    with caplog.at_level(logging.WARNING):
+        flush_and_shutdown(provider, processor, 0.5)
+    assert any("7 spans not flushed" in record.getMessage() for record in caplog.records)
+    dropped = instruments[catalogue.MESHLENS_SPANS_DROPPED]
+    assert dropped.labels("shutdown")._value.get() == 7
+    hanging.release.set()
+    time.sleep(0.2)  # the hung export returns, failed: its spans are already counted
+    assert dropped.labels("export_failed")._value.get() == 0
 
 
 def test_the_resource_hash_is_computed_once_and_survives_merging(monkeypatch):

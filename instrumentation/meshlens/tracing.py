@@ -330,16 +330,25 @@ class ObservedExporter(SpanExporter):
             logging.getLogger(name).addFilter(self._reason)
         self._outage_started: float | None = None
         self._outage_dropped = 0
+        self._in_flight = 0  # spans of the batch being exported, until they are counted
+
+    def take_in_flight(self) -> int:
+        """The spans of the batch being exported, counted by the caller from now on (at exit,
+        as lost): the export's own outcome no longer counts them."""
+        taken, self._in_flight = self._in_flight, 0
+        return taken
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         self._reason.first = ""
+        self._in_flight = len(spans)
         try:
             result = self._delegate.export(spans)
         except Exception as exc:  # an exporter bug must not kill the export thread
             self._reason.first = f"{type(exc).__name__}: {exc}"
             result = SpanExportResult.FAILURE
+        count = self.take_in_flight()
         if result is SpanExportResult.SUCCESS:
-            self._exported.inc(len(spans))
+            self._exported.inc(count)
             if self._outage_started is not None:
                 _logger.warning(
                     "meshlens: span export to %s recovered after %.1f s; %d spans were dropped meanwhile",
@@ -347,7 +356,7 @@ class ObservedExporter(SpanExporter):
                 )  # fmt: skip
                 self._outage_started = None
             return result
-        self._dropped.inc(len(spans))
+        self._dropped.inc(count)
         self._failures.inc()
         if self._outage_started is None:
             self._outage_started = time.monotonic()
@@ -358,7 +367,7 @@ class ObservedExporter(SpanExporter):
                 "This is logged once per outage.",
                 self._endpoint, self._reason.first or "export failed",
             )  # fmt: skip
-        self._outage_dropped += len(spans)
+        self._outage_dropped += count
         return result
 
     def shutdown(self) -> None:
@@ -381,6 +390,7 @@ class CountedBatchSpanProcessor(BatchSpanProcessor):
             export_timeout_millis=settings.otlp_timeout_ms,
         )
         self._capacity = settings.span_queue_size
+        self._observed = exporter if isinstance(exporter, ObservedExporter) else None
         self._queue_full = instruments[catalogue.MESHLENS_SPANS_DROPPED].labels("queue_full")
         self._shutdown_drops = instruments[catalogue.MESHLENS_SPANS_DROPPED].labels("shutdown")
         self._queue_size = instruments[catalogue.MESHLENS_SPAN_QUEUE_SIZE].labels()
@@ -418,6 +428,20 @@ class CountedBatchSpanProcessor(BatchSpanProcessor):
 
     def queued(self) -> int:
         return len(self._queue) if self._queue is not None else 0
+
+    def take_unfinished(self) -> int:
+        """The spans not delivered yet, queued or in the batch being exported, given up (the
+        queue is emptied) for the caller to count: nothing counts them again."""
+        in_flight = self._observed.take_in_flight() if self._observed is not None else 0
+        queued = 0
+        if self._queue is not None:
+            while True:  # popped one by one: the request threads may still be adding spans
+                try:
+                    self._queue.pop()
+                except IndexError:
+                    break
+                queued += 1
+        return queued + in_flight
 
     def sample_queue(self) -> None:
         self._queue_size.set(self.queued())
@@ -471,10 +495,11 @@ def flush_and_shutdown(
         return
     if done.wait(timeout_s):
         return
-    left = processor.queued() if processor is not None else 0
+    left = processor.take_unfinished() if processor is not None else 0
     if processor is not None:
         processor.count_shutdown_drops(left)
-    _logger.warning("meshlens: %d spans not flushed within %.1f s at exit; dropped", left, timeout_s)
+    _logger.warning("meshlens: %d spans not flushed within %.1f s at exit (queued or being sent); dropped",
+                    left, timeout_s)
 
 
 # -- server spans -------------------------------------------------------------------------
