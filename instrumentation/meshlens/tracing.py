@@ -16,6 +16,7 @@ from __future__ import annotations
 # lock for ever.
 import concurrent.futures.thread  # noqa: F401
 import contextvars
+import functools
 import logging
 import os
 import sys
@@ -63,7 +64,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace import Span as TraceSpan
 from opentelemetry.trace.propagation import get_current_span
-from opentelemetry.trace.span import TraceState
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
 from opentelemetry.util.types import AnyValue, Attributes
 
 from meshlens import catalogue
@@ -510,6 +511,8 @@ _SAMPLED_RANDOM = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
 _UNSAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _UNSAMPLED_RANDOM = TraceFlags(TraceFlags.DEFAULT | TraceFlags.RANDOM_TRACE_ID)
 _UNSET = UNSET_STATUS
+_MAX_TRACE_ID, _MAX_SPAN_ID = (1 << 128) - 1, (1 << 64) - 1
+_make_span_context = functools.partial(tuple.__new__, SpanContext)
 # Hooks of the SDK's processors that do nothing: a server span skips calling them.
 _NO_OP_ON_START = frozenset(
     getattr(cls, "on_start", None) for cls in (SpanProcessor, BatchSpanProcessor, SimpleSpanProcessor)
@@ -819,7 +822,15 @@ class ServerSpanStarter:
             flags = _SAMPLED_RANDOM if random_trace_id else _SAMPLED
         else:
             flags = _UNSAMPLED_RANDOM if random_trace_id else _UNSAMPLED
-        context = SpanContext(trace_id, ids.generate_span_id(), False, flags, trace_state)
+        span_id = ids.generate_span_id()
+        if SPAN_CONTEXT_BY_POSITION:
+            # SpanContext's own __new__ checks the ids in Python; the same tuple, made directly.
+            context = _make_span_context((
+                trace_id, span_id, False, flags, trace_state if trace_state is not None else DEFAULT_TRACE_STATE,
+                0 < trace_id <= _MAX_TRACE_ID and 0 < span_id <= _MAX_SPAN_ID,
+            ))  # fmt: skip
+        else:
+            context = SpanContext(trace_id, span_id, False, flags, trace_state)
         metrics = self._span_metrics
         record_end_metrics = metrics.start_span(parent_span_context, decision) if metrics is not None else None
         if decision is _DROP:
