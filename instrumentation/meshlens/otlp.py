@@ -80,7 +80,6 @@ UNSET_STATUS = Status(_UNSET_CODE)
 """One shared unset status: a span holding this object (meshlens's server spans start with
 it) has its status encoded without a look inside."""
 
-_EMPTY_TRACE_STATE = DEFAULT_TRACE_STATE
 SPAN_CONTEXT_BY_POSITION = tuple(SpanContext(1, 2, True, None, None)) == (1, 2, True, 0, TraceState(), True)
 """Whether SpanContext is the tuple ``(trace_id, span_id, is_remote, trace_flags, trace_state,
 is_valid)``, as in every API release so far: its properties are Python calls, and the hot
@@ -277,7 +276,7 @@ def _encode_fields(
         trace_id, span_id, trace_state = context.trace_id, context.span_id, context.trace_state
         parent_span_id, parent_is_remote = (parent.span_id, parent.is_remote) if parent is not None else (0, False)
     parts = [b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x12\x08" + span_id.to_bytes(8, "big")]
-    if trace_state is not _EMPTY_TRACE_STATE and trace_state:
+    if trace_state is not DEFAULT_TRACE_STATE and trace_state:  # the shared empty one: no len() call
         parts.append(_string(0x1A, _trace_state(trace_state)))
     if parent is not None:
         parts.append(b"\x22\x08" + parent_span_id.to_bytes(8, "big"))
