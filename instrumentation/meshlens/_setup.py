@@ -80,7 +80,13 @@ class Runtime:
         closing = None
         if self.metrics_server is not None:
             closing = threading.Thread(target=self.metrics_server.stop, name="meshlens-metrics-stop", daemon=True)
-            closing.start()
+            try:
+                closing.start()
+            except RuntimeError:
+                # Python 3.12+ starts no thread once the interpreter is finalising (atexit):
+                # stop here, within the serving loop's half-second poll, then flush.
+                closing = None
+                self.metrics_server.stop()
         flush_and_shutdown(self.tracer_provider, self.span_processor, self.settings.shutdown_timeout_s)
         if self.runtime_metrics is not None:
             self.runtime_metrics.stop()
