@@ -34,6 +34,7 @@ from meshlens import (
     servers,
 )
 from meshlens._hooks import after_import
+from meshlens._threads import start_daemon
 from meshlens._version import __version__
 from meshlens.exposition import ApplicationMetrics, BeforeScrape, MetricsServer
 from meshlens.instruments import Instruments
@@ -79,14 +80,9 @@ class Runtime:
         # it (a failed or cut-off scrape); once it stops listening they go to the others.
         closing = None
         if self.metrics_server is not None:
-            closing = threading.Thread(target=self.metrics_server.stop, name="meshlens-metrics-stop", daemon=True)
-            try:
-                closing.start()
-            except RuntimeError:
-                # Python 3.12+ starts no thread once the interpreter is finalising (atexit):
-                # stop here, within the serving loop's half-second poll, then flush.
-                closing = None
-                self.metrics_server.stop()
+            closing = start_daemon(self.metrics_server.stop, "meshlens-metrics-stop")
+            if closing is None:  # at interpreter exit on Python 3.12+: stop here (within a
+                self.metrics_server.stop()  # half-second poll of the serving loop), then flush
         flush_and_shutdown(self.tracer_provider, self.span_processor, self.settings.shutdown_timeout_s)
         if self.runtime_metrics is not None:
             self.runtime_metrics.stop()

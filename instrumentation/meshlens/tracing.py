@@ -68,6 +68,7 @@ from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
 from opentelemetry.util.types import AnyValue, Attributes
 
 from meshlens import catalogue
+from meshlens._threads import start_daemon
 from meshlens._version import __version__
 from meshlens.instruments import Instruments
 from meshlens.otlp import SPAN_CONTEXT_BY_POSITION, UNSET_STATUS, EncodedSpan
@@ -486,12 +487,9 @@ def flush_and_shutdown(
         finally:
             done.set()
 
-    thread = threading.Thread(target=run, name="meshlens-flush", daemon=True)
-    try:
-        thread.start()
-    except RuntimeError:
-        # Python 3.12+ starts no thread once the interpreter is finalising (atexit):
-        # flush inline; the queue is bounded, and force_flush honours the deadline.
+    if start_daemon(run, "meshlens-flush") is None:
+        # At interpreter exit on Python 3.12+: flush inline; the queue is bounded, and
+        # force_flush honours the deadline.
         run()
         return
     if done.wait(timeout_s):
