@@ -154,7 +154,8 @@ class _PropagationHeaders:
         self.propagator = propagator
         names = propagator.headers_read() if isinstance(propagator, MeshlensPropagator) else None
         self.environ_keys = None if names is None else frozenset(_environ_key(name) for name in names)
-        self.asgi_names = None if names is None else frozenset(name.lower().encode("latin-1") for name in names)
+        # headers_read() names are lower case, as ASGI servers pass header names.
+        self.asgi_names = None if names is None else frozenset(name.encode("latin-1") for name in names)
 
 
 def _environ_key(header: str) -> str:

@@ -221,7 +221,7 @@ class ConfiguredSampler(JaegerDebugSampler):
             return None
         if parent is not None and self._parent_based:
             # ParentBased's default delegates, remote and local alike: follow the parent's flag.
-            return bool(parent[3] & TraceFlags.SAMPLED) if SPAN_CONTEXT_BY_POSITION else parent.trace_flags.sampled
+            return parent.trace_flags.sampled
         return trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < self._root_bound
 
 
