@@ -117,6 +117,12 @@ def spans_of(sink, service: str) -> list:
     return [span for span in sink.snapshot() if span.service == service]
 
 
+def has_kinds(*kinds: int):
+    """A wait_trace predicate: every one of these span kinds has arrived. The producing service
+    and the consumer export on their own schedules, so one side's span can come first."""
+    return lambda spans: all(any(span.kind == kind for span in spans) for kind in kinds)
+
+
 def wait_metric(service, name: str, predicate, timeout: float = 30.0, **labels: str) -> float:
     deadline = time.monotonic() + timeout
     value = None
@@ -146,7 +152,7 @@ def test_one_trace_from_the_http_request_through_the_message_to_its_processing(
     assert spans_of(sink, consumer.name) == []
 
     trace_id, caller_span_id = produce_through_http(producer, "confluent-kafka", consumer.topic)
-    spans = sink.wait_trace(trace_id, lambda s: any(x.kind == CONSUMER_KIND for x in s), timeout=45)
+    spans = sink.wait_trace(trace_id, has_kinds(SERVER_KIND, PRODUCER_KIND, CONSUMER_KIND), timeout=45)
     server = next(s for s in spans if s.kind == SERVER_KIND and s.service == PRODUCER_SERVICE)
     send = next(s for s in spans if s.kind == PRODUCER_KIND)
     process = next(s for s in spans if s.kind == CONSUMER_KIND)
@@ -263,7 +269,7 @@ def test_listed_baggage_crosses_the_kafka_hop_onto_the_consumers_span(producer, 
     saga = f"saga-{secrets.token_hex(4)}"
     trace_id, _ = produce_through_http(producer, "confluent-kafka", consumer.topic,
                                        baggage=f"{BAGGAGE_KEY}={saga},card=4111")
-    spans = sink.wait_trace(trace_id, lambda s: any(x.kind == CONSUMER_KIND for x in s), timeout=45)
+    spans = sink.wait_trace(trace_id, has_kinds(PRODUCER_KIND, CONSUMER_KIND), timeout=45)
     process = next(s for s in spans if s.kind == CONSUMER_KIND)
     send = next(s for s in spans if s.kind == PRODUCER_KIND)
     assert process.attributes.get(BAGGAGE_KEY) == saga
@@ -277,7 +283,7 @@ def test_each_client_carries_the_trace_into_the_consumers_processing(client, pro
     with consumer_service(sink, cluster, client, "single", topic, tmp_path) as consumer:
         time.sleep(2)
         trace_id, _ = produce_through_http(producer, client, topic)
-        spans = sink.wait_trace(trace_id, lambda s: any(x.kind == CONSUMER_KIND for x in s), timeout=45)
+        spans = sink.wait_trace(trace_id, has_kinds(PRODUCER_KIND, CONSUMER_KIND), timeout=45)
         send = next(s for s in spans if s.kind == PRODUCER_KIND)
         assert send.scope.endswith(client.replace("-python", "").replace("-", "_")) or client in send.scope
         consumer_spans = [s for s in spans if s.kind == CONSUMER_KIND]
