@@ -41,13 +41,13 @@ sys.path.insert(0, str(ROOT))
 
 from demo import report  # noqa: E402
 from demo.otlp_sink import OtlpSink  # noqa: E402
+from demo.ports import free_port  # noqa: E402
 from demo.stack import (  # noqa: E402
     Prometheus,
     Stack,
     Target,
     Webhook,
     alertmanager_config,
-    free_port,
     http,
     prometheus_config,
     tool,

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -32,10 +31,6 @@ SCRAPE_INTERVAL = "1s"
 NAMESPACE = "demo"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http(url: str, data: bytes | None = None, accept: str = "", timeout: float = 10) -> tuple[int, str]:
