@@ -11,6 +11,7 @@ reports the difference per request, so start-up costs cancel out.
     python benchmarks/overhead/instructions.py                 # every variant, about 3 minutes
     python benchmarks/overhead/instructions.py --flavour fastapi --variants plain,sampled
     python benchmarks/overhead/instructions.py --variants unsampled --requests 100,400   # quicker
+    python benchmarks/overhead/instructions.py --multiprocess   # metrics as in a pre-fork worker
 
 A single variant is enough while iterating: each one's count is its own, ``plain`` is only
 the reference the last column subtracts.
@@ -126,16 +127,26 @@ def _instructions(module: str, requests: int, env: Mapping[str, str]) -> int:
     raise RuntimeError(f"no instruction total in callgrind's output for {module}")
 
 
-def measure(variant: str, sink_endpoint: str, small: int = SMALL, large: int = LARGE, flavour: str = "flask") -> float:
+def measure(
+    variant: str,
+    sink_endpoint: str,
+    small: int = SMALL,
+    large: int = LARGE,
+    flavour: str = "flask",
+    multiprocess: bool = False,
+) -> float:
     suffix, extra = VARIANTS[variant]
     module = f"{flavour}_{suffix}"
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("OTEL_", "MESHLENS_"))}
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("OTEL_", "MESHLENS_", "PROMETHEUS_"))}
     env.update({"MESHLENS_METRICS_PORT": "0", "OTEL_EXPORTER_OTLP_ENDPOINT": sink_endpoint,
                 # Randomised string hashes lay dicts out differently in every run: about 1% apart.
                 "PYTHONHASHSEED": "0",
                 # Only full batches and the final flush export: the same work in both runs.
                 "OTEL_BSP_SCHEDULE_DELAY": "3600000", **extra})  # fmt: skip
-    return (_instructions(module, large, env) - _instructions(module, small, env)) / (large - small)
+    with tempfile.TemporaryDirectory() as folder:
+        if multiprocess:  # as in a gunicorn worker: every metric update also goes to the group's files
+            env["MESHLENS_MULTIPROC_DIR"] = folder
+        return (_instructions(module, large, env) - _instructions(module, small, env)) / (large - small)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -144,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
     parser.add_argument("--requests", default=f"{SMALL},{LARGE}", metavar="SMALL,LARGE",
                         help="the two request counts whose difference is measured (default: %(default)s)")
+    parser.add_argument("--multiprocess", action="store_true",
+                        help="metrics in pre-fork mode, as in a gunicorn or uvicorn --workers worker")
     parser.add_argument("--drive", nargs=2, metavar=("MODULE", "REQUESTS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.drive:
@@ -165,11 +178,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         procs.wait_http(f"http://127.0.0.1:{port}/stats", sink)
         endpoint = f"http://127.0.0.1:{port}"
-        counts = {variant: measure(variant, endpoint, small, large, args.flavour) for variant in variants}
+        counts = {variant: measure(variant, endpoint, small, large, args.flavour, args.multiprocess)
+                  for variant in variants}
     finally:
         procs.stop(sink)
     plain = counts.get("plain")
-    print(f"| {args.flavour} variant | instructions/request | added to plain |")
+    mode = ", pre-fork metrics" if args.multiprocess else ""
+    print(f"| {args.flavour}{mode} variant | instructions/request | added to plain |")
     print("|---|--:|--:|")
     for variant, count in counts.items():
         added = f"{count - plain:+,.0f}" if plain is not None else "-"

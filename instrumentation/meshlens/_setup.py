@@ -28,6 +28,7 @@ from meshlens import (
     kafka,
     libraries,
     logs,
+    mmap_values,
     multiprocess,
     pools,
     propagation,
@@ -151,7 +152,7 @@ def _start(settings: Settings) -> Runtime:
         # prometheus-client's multiprocess values find their folder through this variable,
         # in this process and in the workers it forks.
         os.environ[multiprocess.ENV_PROMETHEUS_DIR] = str(group.directory)
-        prometheus_client.values.ValueClass = prometheus_client.values.MultiProcessValue()
+        prometheus_client.values.ValueClass = mmap_values.value_class(group.directory)
         exemplar_sink = multiprocess.ExemplarFile(group.directory)
     # `_created` series double the series count for a timestamp Prometheus does not use.
     prometheus_client.disable_created_metrics()

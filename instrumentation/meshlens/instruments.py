@@ -166,9 +166,12 @@ class GuardedMetric:
             if child is None:
                 child = self.labels(*values)
             child.observe(amount)
-        else:
+        elif recorder.sum_and_bucket is None:
             recorder.add_sum(amount)
             recorder.add_to_bucket[index](1)
+            child = recorder.child
+        else:
+            recorder.sum_and_bucket(amount, recorder.bucket_values[index], 1.0)
             child = recorder.child
         if not trace_id:
             return
@@ -203,19 +206,22 @@ _MISSING: Any = object()
 class _HistogramRecorder:
     """Observes into one histogram series without prometheus-client's per-call checks and
     bucket loop: the bucket index is found once by bisection (meshlens needs it for the
-    exemplar anyway) and the two values are added directly.
+    exemplar anyway) and the two values are added directly, under one lock when the values
+    are a pre-fork worker's (:meth:`meshlens.mmap_values.MmapValue.inc_both`).
 
     It reads the child's private ``_sum``, ``_buckets`` and ``_upper_bounds`` (the only way to
     skip the loop); :meth:`of` returns None when they are not as expected (another release
     of prometheus-client), and the child's public ``observe`` is used instead.
     """
 
-    __slots__ = ("add_sum", "add_to_bucket", "child")
+    __slots__ = ("add_sum", "add_to_bucket", "bucket_values", "child", "sum_and_bucket")
 
-    def __init__(self, child: Any, add_sum: Callable[[float], None], add_to_bucket: tuple[Any, ...]) -> None:
+    def __init__(self, child: Any, sum_value: Any, bucket_values: tuple[Any, ...]) -> None:
         self.child = child
-        self.add_sum = add_sum
-        self.add_to_bucket = add_to_bucket
+        self.add_sum: Callable[[float], None] = sum_value.inc
+        self.add_to_bucket = tuple(bucket.inc for bucket in bucket_values)
+        self.bucket_values = bucket_values
+        self.sum_and_bucket: Callable[[float, Any, float], None] | None = getattr(sum_value, "inc_both", None)
 
     @classmethod
     def of(cls, child: Any, upper_bounds: tuple[float, ...]) -> _HistogramRecorder | None:
@@ -223,7 +229,7 @@ class _HistogramRecorder:
             buckets = child._buckets
             if tuple(child._upper_bounds) != upper_bounds or len(buckets) != len(upper_bounds):
                 return None
-            return cls(child, child._sum.inc, tuple(bucket.inc for bucket in buckets))
+            return cls(child, child._sum, tuple(buckets))
         except AttributeError:
             return None
 

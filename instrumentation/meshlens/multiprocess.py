@@ -53,6 +53,7 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from meshlens import _forks, mmap_values
 from meshlens.instruments import attach_exemplars
 
 _logger = logging.getLogger("meshlens")
@@ -327,8 +328,8 @@ def after_fork_in_child(restart_threads: bool = False) -> None:
         return
     _fork_state["pid"] = pid
     if restart_threads:  # Python's after-fork handlers did not run: count the fork here
-        _count_fork()
-    for step in (_reinit_value_lock, _update_resource_pid):
+        _forks.count()
+    for step in (_reinit_value_lock, mmap_values.after_fork_in_child, _update_resource_pid):
         try:
             step()
         except Exception:
@@ -346,7 +347,8 @@ def after_fork_in_child(restart_threads: bool = False) -> None:
 
 
 def _reinit_value_lock() -> None:
-    """prometheus-client's multiprocess values share one lock, which a thread of the
+    """When meshlens uses prometheus-client's multiprocess values (see
+    :data:`meshlens.mmap_values.SUPPORTED`): they share one lock, which a thread of the
     parent (a scrape, the runtime sampler) may have held at the fork: in the child
     nobody would ever release it. Give the child a fresh one."""
     import prometheus_client.values
@@ -476,16 +478,7 @@ _INITIAL_SIZE = 64 * 1024
 _READ_ATTEMPTS = 3
 
 _PID_CHECK_EVERY = 4095  # a mask: every 4096 records
-_forks = [0]
-"""Bumped in every forked child, by Python's after-fork handlers or meshlens's uWSGI hook."""
-
-
-def _count_fork() -> None:
-    _forks[0] += 1
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_count_fork)
+_GENERATION = _forks.GENERATION
 
 _OPEN_LOCKS: dict[int, threading.Lock] = {}
 """One lock per process id for opening a process's file: a fresh one after any fork,
@@ -556,7 +549,7 @@ class ExemplarFile:
 
     def record(self, key: str, value: float, trace_id: int, span_id: int, timestamp: float) -> None:
         self._calls += 1
-        if self._generation != _forks[0] or not self._calls & _PID_CHECK_EVERY:
+        if self._generation != _GENERATION[0] or not self._calls & _PID_CHECK_EVERY:
             self._check_process()
         with self._lock:
             file = self._file
@@ -582,7 +575,7 @@ class ExemplarFile:
         system call (half the cost of a record here), so a fork is normally noticed
         through the after-fork counter; the pid is still compared every few
         thousand records, for forks made without Python's after-fork handlers."""
-        generation, pid = _forks[0], os.getpid()
+        generation, pid = _GENERATION[0], os.getpid()
         if self._pid != pid:
             # Not self._lock: a thread of the parent may have held it at the fork.
             with _OPEN_LOCKS.setdefault(pid, threading.Lock()):
