@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from harness import base_env, bin_path, families, free_port, running, sample_value, started_sink
+from harness import OtlpSink, base_env, bin_path, families, free_port, running, sample_value, started_sink
 
 pytestmark = pytest.mark.slow
 
@@ -143,6 +143,37 @@ def test_gunicorn_sigterm_flushes_every_buffered_span(sink, tmp_path):
         service.stop(signal.SIGTERM)
     spans = sink.wait_for(lambda s: len([x for x in s if x.kind == SERVER_KIND]) >= 26, timeout=5)
     assert len([s for s in spans if s.attributes.get("http.route") == "/items/<int:item_id>"]) == 25
+
+
+@pytest.mark.parametrize("server", ["gunicorn", "uvicorn"])
+def test_a_hung_collector_costs_a_stop_its_deadline_and_every_unsent_span_is_counted(server, tmp_path):
+    """The collector accepts the first batch and never answers: the graceful stop still ends
+    within MESHLENS_SHUTDOWN_TIMEOUT, and the warning counts every span not delivered, the
+    batch being sent included."""
+    hung = OtlpSink(mode="slow", delay=120.0).start()
+    port = free_port()
+    env = base_env(hung, free_port(), OTEL_BSP_SCHEDULE_DELAY="100", OTEL_EXPORTER_OTLP_TIMEOUT="120000",
+                   OTEL_PYTHON_EXCLUDED_URLS="health", MESHLENS_SHUTDOWN_TIMEOUT="1")
+    argv = _flask(port) if server == "gunicorn" else _fastapi(port)
+    try:
+        with running(argv, port, env, tmp_path / "service.log") as service:
+            for item in range(5):
+                assert service.get(f"/items/{item}")[0] == 200
+            deadline = time.monotonic() + 10
+            while hung.requests == 0 and time.monotonic() < deadline:  # the first batch is on its way
+                time.sleep(0.05)
+            assert hung.requests == 1
+            for item in range(5, 12):
+                assert service.get(f"/items/{item}")[0] == 200
+            started = time.monotonic()
+            returncode = service.stop(signal.SIGTERM)
+            stopped_in = time.monotonic() - started
+            log = service.log()
+    finally:
+        hung.stop()
+    assert returncode in (0, -signal.SIGTERM), log
+    assert stopped_in < 5, (stopped_in, log)
+    assert "meshlens: 12 spans not flushed within 1.0 s at exit (queued or being sent); dropped" in log, log
 
 
 def test_errors_are_counted_and_marked(sink, tmp_path):

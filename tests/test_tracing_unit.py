@@ -143,9 +143,41 @@ def test_an_outage_is_logged_once_and_its_drops_counted(caplog):
     assert instruments[catalogue.MESHLENS_SPANS_EXPORTED].labels()._value.get() == 5
 
 
-def test_a_batch_stuck_in_export_at_exit_is_counted_once_as_dropped(caplog):
+def _refuse_new_threads(monkeypatch) -> None:
+    """As at interpreter exit on Python 3.12+: no thread can start."""
+    import threading
+
+    def refused(self):
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", refused)
+
+
+def test_the_exit_flush_sends_everything_queued_without_starting_a_thread(caplog, monkeypatch):
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from meshlens.tracing import CountedBatchSpanProcessor, flush_and_shutdown
+
+    settings = load_settings({"OTEL_BSP_SCHEDULE_DELAY": "600000"})
+    instruments = Instruments(100)
+    memory = InMemorySpanExporter()
+    processor = CountedBatchSpanProcessor(ObservedExporter(memory, instruments, "http://c:4318"), settings, instruments)
+    provider = TracerProvider(sampler=build_sampler(settings))
+    provider.add_span_processor(processor)
+    for _ in range(10):
+        provider.get_tracer("test").start_span("queued").end()
+    _refuse_new_threads(monkeypatch)
+    with caplog.at_level(logging.WARNING):
+        flush_and_shutdown(provider, processor, 5.0)
+    assert len(memory.get_finished_spans()) == 10
+    assert not [record for record in caplog.records if "not flushed" in record.getMessage()]
+    assert instruments[catalogue.MESHLENS_SPANS_DROPPED].labels("shutdown")._value.get() == 0
+
+
+def test_a_batch_stuck_in_export_at_exit_is_counted_once_as_dropped(caplog, monkeypatch):
     """At exit, a collector that hangs holds a batch the queue no longer shows: those spans are
-    lost too, and counted (reason shutdown), not again when the export finally fails."""
+    lost too, and counted (reason shutdown), not again when the export finally fails. The stop
+    takes its deadline, not the export's timeout, even where no thread can start."""
     import threading
 
     from meshlens.tracing import CountedBatchSpanProcessor, flush_and_shutdown
@@ -174,8 +206,11 @@ def test_a_batch_stuck_in_export_at_exit_is_counted_once_as_dropped(caplog):
     assert hanging.entered.wait(5)
     for _ in range(3):
         tracer.start_span("b").end()
+    _refuse_new_threads(monkeypatch)
+    started = time.monotonic()
     with caplog.at_level(logging.WARNING):
         flush_and_shutdown(provider, processor, 0.5)
+    assert time.monotonic() - started < 2
     assert any("7 spans not flushed" in record.getMessage() for record in caplog.records)
     dropped = instruments[catalogue.MESHLENS_SPANS_DROPPED]
     assert dropped.labels("shutdown")._value.get() == 7

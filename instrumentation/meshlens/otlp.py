@@ -560,5 +560,10 @@ if BaseHTTPTransport is not None:
                 connection.close()
 
         def close(self) -> None:
-            with self._lock:
-                self._close()
+            # Not waiting for a request in flight: at exit, that is a collector that does not
+            # answer, and the stop has a deadline. The connection then goes with the process.
+            if self._lock.acquire(blocking=False):
+                try:
+                    self._close()
+                finally:
+                    self._lock.release()

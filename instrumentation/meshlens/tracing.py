@@ -68,7 +68,6 @@ from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
 from opentelemetry.util.types import AnyValue, Attributes
 
 from meshlens import catalogue
-from meshlens._threads import start_daemon
 from meshlens._version import __version__
 from meshlens.instruments import Instruments
 from meshlens.otlp import SPAN_CONTEXT_BY_POSITION, UNSET_STATUS, EncodedSpan
@@ -445,6 +444,18 @@ class CountedBatchSpanProcessor(BatchSpanProcessor):
                 queued += 1
         return queued + in_flight
 
+    def stop_within(self, timeout_s: float) -> bool:
+        """Wakes the export thread to send everything queued, then to stop, and waits for it
+        at most ``timeout_s``; False if it is still sending then. (The SDK's ``shutdown()``
+        waits up to 30 s; its batch processor takes the deadline.)"""
+        batch = getattr(self, "_batch_processor", None)
+        thread = getattr(batch, "_worker_thread", None)
+        if batch is None or thread is None:
+            self.shutdown()
+            return True
+        batch.shutdown(timeout_millis=int(timeout_s * 1000))
+        return not thread.is_alive()
+
     def sample_queue(self) -> None:
         self._queue_size.set(self.queued())
 
@@ -471,34 +482,30 @@ def build_tracer_provider(
 def flush_and_shutdown(
     provider: TracerProvider, processor: CountedBatchSpanProcessor | None, timeout_s: float
 ) -> None:
-    """Flushes what is buffered and stops the export thread, within ``timeout_s``.
+    """Sends what is buffered and stops the export thread, within ``timeout_s``.
 
-    What is still queued when the deadline passes is counted as dropped (reason
-    ``shutdown``), so a slow collector at exit shows in the numbers, not as a hang.
+    The export thread does the sending, and the caller waits for it at most ``timeout_s``: the
+    SDK's ``force_flush`` would export in the caller's thread and ignores its timeout, so a hung
+    collector would hold the stop for the exporter's whole timeout, batch after batch. No thread
+    is started, so this also holds at interpreter exit on Python 3.12+, which starts none.
+    What is still queued or being sent at the deadline is counted as dropped (reason
+    ``shutdown``) and logged, so a slow collector at exit shows in the numbers, not as a hang.
     """
-    done = threading.Event()
-
-    def run() -> None:
+    if processor is not None:
         try:
-            provider.force_flush(int(timeout_s * 1000))
-            provider.shutdown()
+            finished = processor.stop_within(timeout_s)
         except Exception:
             _logger.debug("meshlens: error while flushing spans", exc_info=True)
-        finally:
-            done.set()
-
-    if start_daemon(run, "meshlens-flush") is None:
-        # At interpreter exit on Python 3.12+: flush inline; the queue is bounded, and
-        # force_flush honours the deadline.
-        run()
-        return
-    if done.wait(timeout_s):
-        return
-    left = processor.take_unfinished() if processor is not None else 0
-    if processor is not None:
-        processor.count_shutdown_drops(left)
-    _logger.warning("meshlens: %d spans not flushed within %.1f s at exit (queued or being sent); dropped",
-                    left, timeout_s)
+            finished = False
+        left = processor.take_unfinished()
+        if left or not finished:
+            processor.count_shutdown_drops(left)
+            _logger.warning("meshlens: %d spans not flushed within %.1f s at exit (queued or being sent); dropped",
+                            left, timeout_s)  # fmt: skip
+    try:
+        provider.shutdown()  # the other processors (the batch processor's own is done)
+    except Exception:
+        _logger.debug("meshlens: error while shutting down tracing", exc_info=True)
 
 
 # -- server spans -------------------------------------------------------------------------
