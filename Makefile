@@ -44,7 +44,8 @@ test: setup ## Lint, check generated docs, run every test (unit and over the wir
 PYTHONS ?= 3.10 3.12 3.13
 PORTABLE_TESTS := tests/test_settings.py tests/test_catalogue.py tests/test_instruments.py tests/test_tracing_unit.py \
 	tests/test_logs.py tests/test_multiprocess_unit.py tests/test_configure.py tests/test_fork_safety.py \
-	tests/test_http_services.py tests/test_export.py tests/test_httpserver.py tests/test_otlp_encoder.py
+	tests/test_http_services.py tests/test_export.py tests/test_httpserver.py tests/test_otlp_encoder.py \
+	tests/test_mmap_values.py
 
 test-pythons: tools ## The portable tests on Python 3.10, 3.12 and 3.13 (those found on this machine)
 	@for v in $(PYTHONS); do \
