@@ -171,14 +171,11 @@ class MmapValue:
             files.writes_left -= 1
             if files.generation != _GENERATION[0] or not files.writes_left:
                 files.check_process()
-            value = self._value + amount
-            self._value = value
-            self._timestamp = 0.0
-            self._file._m[self._slice] = _PACK_VALUE(value, 0.0)
-            value = other._value + other_amount
-            other._value = value
-            other._timestamp = 0.0
-            other._file._m[other._slice] = _PACK_VALUE(value, 0.0)
+            for value, added in ((self, amount), (other, other_amount)):
+                total = value._value + added
+                value._value = total
+                value._timestamp = 0.0
+                value._file._m[value._slice] = _PACK_VALUE(total, 0.0)
 
     def set(self, value: float, timestamp: float | None = None) -> None:
         files = self.files
