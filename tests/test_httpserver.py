@@ -122,6 +122,52 @@ def test_an_unsampled_request_has_no_recording_span_but_counts():
     assert t.count("GET", "/r", "200") == 20
 
 
+class _OtherRuntimeContext:
+    """A runtime context other than the API's default (as ``OTEL_PYTHON_CONTEXT`` may name)."""
+
+    def __init__(self) -> None:
+        import contextvars
+
+        self.calls: list[str] = []
+        self._var: contextvars.ContextVar = contextvars.ContextVar("other", default=None)
+
+    def attach(self, context):
+        self.calls.append("attach")
+        return self._var.set(context)
+
+    def get_current(self):
+        from opentelemetry.context import Context
+
+        return self._var.get() or Context()
+
+    def detach(self, token) -> None:
+        self.calls.append("detach")
+        self._var.reset(token)
+
+
+@pytest.mark.parametrize("runtime", ["default", "other"])
+def test_the_request_span_is_current_in_the_app_and_left_after(runtime, monkeypatch):
+    from opentelemetry import context as otel_context
+
+    other = _OtherRuntimeContext()
+    if runtime == "other":
+        monkeypatch.setattr(otel_context, "_RUNTIME_CONTEXT", other)
+    t = Telemetry()
+    seen = []
+
+    def app(env, start_response):
+        seen.append(trace.get_current_span())
+        return hello(env, start_response)
+
+    before = trace.get_current_span()
+    assert call(t.server.wsgi(app, lambda env: "/r"), environ(HTTP_TRACEPARENT=TRACEPARENT))[0] == "200 OK"
+    (span,) = t.spans()
+    assert seen[0].get_span_context() == span.context
+    assert trace.get_current_span() is before
+    if runtime == "other":  # the request's context went through it, and was left
+        assert other.calls[0] == "attach" and other.calls.count("attach") == other.calls.count("detach")
+
+
 def test_a_jaeger_debug_request_is_sampled_whatever_the_ratio():
     """A ``jaeger-debug-id`` with no trace context: the server span is sampled under a 0 ratio
     and carries the id, as meshlens's sampler (build_sampler) decides it on the direct path."""

@@ -28,6 +28,7 @@ once), and bare WSGI/ASGI apps under gunicorn and uvicorn (:mod:`meshlens.server
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import re
@@ -39,6 +40,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.propagators.textmap import Getter, TextMapPropagator
 from opentelemetry.semconv.attributes.client_attributes import CLIENT_ADDRESS, CLIENT_PORT
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
@@ -53,6 +55,7 @@ from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, S
 from opentelemetry.semconv.attributes.url_attributes import URL_PATH, URL_QUERY, URL_SCHEME
 from opentelemetry.semconv.attributes.user_agent_attributes import USER_AGENT_ORIGINAL
 from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import propagation as trace_propagation
 
 from meshlens import catalogue
 from meshlens._hooks import after_import
@@ -144,6 +147,35 @@ _ASGI_GETTER = _AsgiGetter()
 _NO_PARENT = Context()  # what extraction returns for a request without propagation headers
 
 
+def _context_switch() -> tuple[Callable[[Context], object], Callable[[Any], None]]:
+    """How a request's context is made current and left: with the ``ContextVar`` behind the
+    API's default runtime context, directly (the API's ``attach``/``detach`` and
+    ``set_span_in_context`` are six Python calls a request); with the API for any other
+    runtime context (``OTEL_PYTHON_CONTEXT``)."""
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    variable = getattr(runtime, "_current_context", None)
+    if type(runtime) is ContextVarsRuntimeContext and isinstance(variable, contextvars.ContextVar):
+        return variable.set, variable.reset
+    return otel_context.attach, otel_context.detach
+
+
+def _span_setter() -> Callable[[Any, Context], Context]:
+    """``trace.set_span_in_context`` without its two calls, when the API keeps the span under
+    the key this module reads (its private ``_SPAN_KEY``); else the API's own."""
+    key = getattr(trace_propagation, "_SPAN_KEY", None)
+    probe = trace.NonRecordingSpan(trace.INVALID_SPAN_CONTEXT)
+    if not isinstance(key, str) or trace.get_current_span(Context({key: probe})) is not probe:
+        return trace.set_span_in_context
+
+    def with_span(span: Any, parent: Context) -> Context:
+        return Context({**parent, key: span})
+
+    return with_span
+
+
+_with_span = _span_setter()
+
+
 class _PropagationHeaders:
     """The headers a propagator reads, as a WSGI environ and an ASGI scope carry their names;
     None where the propagator does not say (then every request goes through its extract)."""
@@ -182,7 +214,10 @@ class Exchange:
         """Leaves the request's context (the app has returned; the body may still be sent)."""
         token, self._context_token = self._context_token, None
         if token is not None:
-            otel_context.detach(token)  # type: ignore[arg-type]
+            try:
+                self._telemetry.leave_context(token)
+            except Exception:  # a token of another context: logged, as the API's detach does
+                _log_failure_once()
 
     def finish(self, status: int, route: str, error: BaseException | None = None) -> None:
         if self._done:
@@ -246,6 +281,7 @@ class HttpServerTelemetry:
         self._on_request = on_request
         self.excluded = excluded
         self._headers = _PropagationHeaders(propagate.get_global_textmap())
+        self.enter_context, self.leave_context = _context_switch()
 
     def propagation_headers(self) -> _PropagationHeaders:
         """What the global propagator reads (it may be replaced after set-up)."""
@@ -284,7 +320,7 @@ class HttpServerTelemetry:
         if self._on_request is not None:
             self._on_request()
         span = self._spans.start(known if known != _OTHER else "HTTP", parent, attributes_of, carrier)
-        context_token = otel_context.attach(trace.set_span_in_context(span, parent))
+        context_token = self.enter_context(_with_span(span, parent))
         return exchange_class(self, span, known, active, context_token)
 
     # -- WSGI ---------------------------------------------------------------
