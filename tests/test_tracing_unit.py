@@ -174,6 +174,37 @@ def test_the_exit_flush_sends_everything_queued_without_starting_a_thread(caplog
     assert instruments[catalogue.MESHLENS_SPANS_DROPPED].labels("shutdown")._value.get() == 0
 
 
+def test_a_span_processor_of_the_application_cannot_hold_the_stop_past_its_deadline():
+    import threading
+
+    from opentelemetry.sdk.trace import SpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from meshlens.tracing import CountedBatchSpanProcessor, flush_and_shutdown
+
+    class Stuck(SpanProcessor):
+        def __init__(self) -> None:
+            self.release = threading.Event()
+
+        def shutdown(self) -> None:
+            self.release.wait(10)
+
+    settings = load_settings({})
+    instruments = Instruments(100)
+    memory = InMemorySpanExporter()
+    processor = CountedBatchSpanProcessor(ObservedExporter(memory, instruments, "http://c:4318"), settings, instruments)
+    provider = TracerProvider(sampler=build_sampler(settings))
+    provider.add_span_processor(processor)
+    stuck = Stuck()
+    provider.add_span_processor(stuck)
+    provider.get_tracer("test").start_span("a").end()
+    started = time.monotonic()
+    flush_and_shutdown(provider, processor, 0.5)
+    assert time.monotonic() - started < 2
+    assert len(memory.get_finished_spans()) == 1
+    stuck.release.set()
+
+
 def test_a_batch_stuck_in_export_at_exit_is_counted_once_as_dropped(caplog, monkeypatch):
     """At exit, a collector that hangs holds a batch the queue no longer shows: those spans are
     lost too, and counted (reason shutdown), not again when the export finally fails. The stop

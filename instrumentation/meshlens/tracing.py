@@ -68,6 +68,7 @@ from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
 from opentelemetry.util.types import AnyValue, Attributes
 
 from meshlens import catalogue
+from meshlens._threads import start_daemon
 from meshlens._version import __version__
 from meshlens.instruments import Instruments
 from meshlens.otlp import SPAN_CONTEXT_BY_POSITION, UNSET_STATUS, EncodedSpan
@@ -491,6 +492,7 @@ def flush_and_shutdown(
     What is still queued or being sent at the deadline is counted as dropped (reason
     ``shutdown``) and logged, so a slow collector at exit shows in the numbers, not as a hang.
     """
+    deadline = time.monotonic() + timeout_s
     if processor is not None:
         try:
             finished = processor.stop_within(timeout_s)
@@ -502,8 +504,18 @@ def flush_and_shutdown(
             processor.count_shutdown_drops(left)
             _logger.warning("meshlens: %d spans not flushed within %.1f s at exit (queued or being sent); dropped",
                             left, timeout_s)  # fmt: skip
+    # The other span processors (the batch processor's own shutdown is done), in what is left of
+    # the deadline: one added by the application may wait on an exporter of its own.
+    stopping = start_daemon(functools.partial(_shut_down, provider), "meshlens-tracing-shutdown")
+    if stopping is None:  # at interpreter exit on Python 3.12+, where no thread starts
+        _shut_down(provider)
+    else:
+        stopping.join(max(0.0, deadline - time.monotonic()))
+
+
+def _shut_down(provider: TracerProvider) -> None:
     try:
-        provider.shutdown()  # the other processors (the batch processor's own is done)
+        provider.shutdown()
     except Exception:
         _logger.debug("meshlens: error while shutting down tracing", exc_info=True)
 
