@@ -106,13 +106,6 @@ class ProcessFiles:
         for value in self._values:
             value.open()
 
-    def close(self) -> None:
-        with self.lock:
-            for file in self._files.values():
-                file.close()
-            self._files.clear()
-            self._values.clear()
-
 
 class MmapValue:
     """One float of a metric, in memory and in this process's file for its type.
