@@ -149,8 +149,8 @@ def _start(settings: Settings) -> Runtime:
     exemplar_sink = None
     if group is not None:
         multiprocess.prepare(group)
-        # prometheus-client's multiprocess values find their folder through this variable,
-        # in this process and in the workers it forks.
+        # prometheus-client's multiprocess tools (and its value class, where meshlens falls back
+        # to it) find the folder through this variable, here and in the workers it forks.
         os.environ[multiprocess.ENV_PROMETHEUS_DIR] = str(group.directory)
         prometheus_client.values.ValueClass = mmap_values.value_class(group.directory)
         exemplar_sink = multiprocess.ExemplarFile(group.directory)
