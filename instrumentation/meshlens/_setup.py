@@ -35,7 +35,7 @@ from meshlens import (
     servers,
 )
 from meshlens._hooks import after_import
-from meshlens._threads import start_daemon
+from meshlens._threads import start_or_run
 from meshlens._version import __version__
 from meshlens.exposition import ApplicationMetrics, BeforeScrape, MetricsServer
 from meshlens.instruments import Instruments
@@ -81,9 +81,9 @@ class Runtime:
         # it (a failed or cut-off scrape); once it stops listening they go to the others.
         closing = None
         if self.metrics_server is not None:
-            closing = start_daemon(self.metrics_server.stop, "meshlens-metrics-stop")
-            if closing is None:  # at interpreter exit on Python 3.12+: stop here (within a
-                self.metrics_server.stop()  # half-second poll of the serving loop), then flush
+            # At interpreter exit on Python 3.12+ it stops here (within a half-second poll of
+            # the serving loop), then spans are flushed.
+            closing = start_or_run(self.metrics_server.stop, "meshlens-metrics-stop")
         flush_and_shutdown(self.tracer_provider, self.span_processor, self.settings.shutdown_timeout_s)
         if self.runtime_metrics is not None:
             self.runtime_metrics.stop()

@@ -6,12 +6,14 @@ import threading
 from collections.abc import Callable
 
 
-def start_daemon(target: Callable[[], None], name: str) -> threading.Thread | None:
-    """A started daemon thread running ``target``; None once the interpreter is finalising
-    (Python 3.12+ starts no thread from an atexit handler), and the caller runs it inline."""
+def start_or_run(target: Callable[[], None], name: str) -> threading.Thread | None:
+    """Runs ``target`` in a started daemon thread, returned; once the interpreter is
+    finalising (Python 3.12+ starts no thread from an atexit handler), runs it here instead
+    and returns None."""
     thread = threading.Thread(target=target, name=name, daemon=True)
     try:
         thread.start()
     except RuntimeError:
+        target()
         return None
     return thread

@@ -68,7 +68,7 @@ from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
 from opentelemetry.util.types import AnyValue, Attributes
 
 from meshlens import catalogue
-from meshlens._threads import start_daemon
+from meshlens._threads import start_or_run
 from meshlens._version import __version__
 from meshlens.instruments import Instruments
 from meshlens.otlp import SPAN_CONTEXT_BY_POSITION, UNSET_STATUS, EncodedSpan
@@ -487,8 +487,9 @@ def flush_and_shutdown(
 
     The export thread does the sending, and the caller waits for it at most ``timeout_s``: the
     SDK's ``force_flush`` would export in the caller's thread and ignores its timeout, so a hung
-    collector would hold the stop for the exporter's whole timeout, batch after batch. No thread
-    is started, so this also holds at interpreter exit on Python 3.12+, which starts none.
+    collector would hold the stop for the exporter's whole timeout, batch after batch. The batch
+    processor needs no new thread for this, so it also holds at interpreter exit on Python
+    3.12+, which starts none.
     What is still queued or being sent at the deadline is counted as dropped (reason
     ``shutdown``) and logged, so a slow collector at exit shows in the numbers, not as a hang.
     """
@@ -506,10 +507,9 @@ def flush_and_shutdown(
                             left, timeout_s)  # fmt: skip
     # The other span processors (the batch processor's own shutdown is done), in what is left of
     # the deadline: one added by the application may wait on an exporter of its own.
-    stopping = start_daemon(functools.partial(_shut_down, provider), "meshlens-tracing-shutdown")
-    if stopping is None:  # at interpreter exit on Python 3.12+, where no thread starts
-        _shut_down(provider)
-    else:
+    # (At interpreter exit on Python 3.12+, where no thread starts, they take the time they take.)
+    stopping = start_or_run(functools.partial(_shut_down, provider), "meshlens-tracing-shutdown")
+    if stopping is not None:
         stopping.join(max(0.0, deadline - time.monotonic()))
 
 
