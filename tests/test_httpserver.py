@@ -354,3 +354,84 @@ def test_websockets_and_lifespan_pass_through():
 
     asyncio.run(t.server.asgi(app)({"type": "lifespan"}, None, None))
     assert seen == ["lifespan"] and t.spans() == ()
+
+
+def _completing_app(events: list, spawn: bool = False, own_span: trace.Tracer | None = None):
+    """An ASGI app that notes the current span where it sends each message (with ``spawn``,
+    it sends the last one from a task of its own; with ``own_span``, inside a span of its own)."""
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        if spawn:
+            await asyncio.get_running_loop().create_task(send({"type": "http.response.body", "body": b"b"}))
+        elif own_span is not None:
+            with own_span.start_as_current_span("own") as span:
+                events.append(("app-span", span))
+                await send({"type": "http.response.body", "body": b"b"})
+                events.append(("after-own", trace.get_current_span()))
+        else:
+            await send({"type": "http.response.body", "body": b"b"})
+        events.append(("after", trace.get_current_span()))
+
+    return app
+
+
+def _noting_send(events: list):
+    async def send(message):
+        events.append((message["type"] + ("+more" if message.get("more_body") else ""), trace.get_current_span()))
+
+    return send
+
+
+def _run_asgi(app, send) -> None:
+    scope = {"type": "http", "method": "GET", "scheme": "http", "path": "/", "root_path": "", "query_string": b"",
+             "http_version": "1.1", "headers": [], "client": ("10.0.0.1", 4000), "server": ("10.0.0.2", 9000)}
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def main():
+        # As a server runs a request: in a task whose context is a copy of the server's.
+        await asyncio.get_running_loop().create_task(app(scope, receive, send))
+
+    asyncio.run(main())
+
+
+def test_the_server_completes_the_response_outside_the_request_context():
+    """The last message is sent with the request's context left: a timer the server arms as
+    the response completes (uvicorn's keep-alive) does not keep the request's span alive.
+    The status line (where uvicorn writes its access log) and the app's code after it
+    still see the request's span."""
+    t = Telemetry()
+    events: list = []
+    _run_asgi(t.server.asgi(_completing_app(events)), _noting_send(events))
+    (span,) = t.spans()
+    current = {name: seen.get_span_context() for name, seen in events}
+    assert current["http.response.start"] == span.context
+    assert current["http.response.body+more"] == span.context
+    assert current["http.response.body"] is trace.INVALID_SPAN_CONTEXT
+    assert current["after"] == span.context, "the request's context is back once the message is sent"
+    assert span.attributes["http.response.status_code"] == 200
+
+
+def test_a_context_the_app_entered_is_kept_while_it_sends():
+    t = Telemetry()
+    events: list = []
+    _run_asgi(t.server.asgi(_completing_app(events, own_span=t.provider.get_tracer("app"))), _noting_send(events))
+    own = dict(events)["app-span"]
+    current = {name: seen for name, seen in events}
+    assert current["http.response.body"] is own
+    assert current["after-own"] is own
+    assert len(t.spans()) == 2
+
+
+def test_a_last_message_sent_from_another_task_completes_the_request():
+    t = Telemetry()
+    events: list = []
+    _run_asgi(t.server.asgi(_completing_app(events, spawn=True)), _noting_send(events))
+    (span, *_) = [s for s in t.spans() if s.name.startswith("GET")]
+    current = {name: seen.get_span_context() for name, seen in events}
+    assert current["http.response.body"] == span.context  # its task's copy: nothing to leave there
+    assert current["after"] == span.context
+    assert t.count("GET", "", "200") == 1 and t.active() == 0

@@ -12,6 +12,7 @@ coroutine waited behind blocking code.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import logging
 import os
@@ -166,7 +167,9 @@ class EventLoopLagMonitor:
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         expected = loop.time() + self._interval
         try:
-            loop.call_at(expected, self._probe, loop, expected)
+            # In an empty context: the first probe is scheduled from inside a request, and
+            # its context (the request's span) would otherwise be carried from probe to probe.
+            loop.call_at(expected, self._probe, loop, expected, context=contextvars.Context())
         except RuntimeError:  # the loop is closed
             self._loops.discard(loop)
 

@@ -1,11 +1,13 @@
 import meshlens.auto  # noqa: F401  (the one line a service adds)
 import asyncio
+import gc
 import logging
 import os
 import time
 
 import httpx
 from fastapi import FastAPI, HTTPException
+from opentelemetry import trace
 
 
 logging.basicConfig(level=logging.INFO)
@@ -47,3 +49,9 @@ async def call(url: str):
     async with httpx.AsyncClient() as client:
         response = await client.get(url, timeout=10)
     return {"status": response.status_code, "body": response.text}
+
+
+@app.get("/spans-alive")
+async def spans_alive():
+    """How many span objects this process still holds (this request's own among them)."""
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, trace.Span))
