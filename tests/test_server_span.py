@@ -230,11 +230,11 @@ def test_the_transport_keeps_one_connection_and_reconnects_when_it_is_closed(col
     transport = otlp.keep_alive_transport(url)
     assert transport is not None
     first = transport.request("POST", url, data=b"one", timeout=5)
-    connection = transport._connection
+    sock = transport._sock
     assert first.status_code == 200 and first.error is None
     assert transport.request("POST", url, data=b"two", timeout=5).status_code == 200
-    assert transport._connection is connection  # kept alive
-    connection.sock.shutdown(socket.SHUT_RDWR)  # the connection dies while idle
+    assert transport._sock is sock  # kept alive
+    sock.shutdown(socket.SHUT_RDWR)  # the connection dies while idle
     failed = transport.request("POST", url, data=b"three", timeout=5)
     assert failed.error is not None and transport.is_connection_error(failed.error)  # retried by the client
     assert transport.request("POST", url, data=b"three", timeout=5).status_code == 200
@@ -250,6 +250,114 @@ def test_a_refused_connection_is_a_connection_error():
     transport = otlp.keep_alive_transport(url)
     result = transport.request("POST", url, data=b"x", timeout=2)
     assert result.status_code is None and transport.is_connection_error(result.error)
+
+
+class _CannedCollector:
+    """A TCP server on loopback that reads each request (head and Content-Length body) and
+    answers with the next canned bytes; ``None`` closes the connection instead, and
+    ``(bytes, "close")`` closes it after the bytes."""
+
+    def __init__(self, answers: list[bytes | tuple[bytes, str] | None]) -> None:
+        self.answers = list(answers)
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/v1/traces"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while self.answers:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                data = b""
+                while self.answers:
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    if b"\r\n\r\n" not in data:
+                        break
+                    head, _, data = data.partition(b"\r\n\r\n")
+                    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                    while len(data) < length:
+                        data += conn.recv(65536)
+                    self.requests.append(data[:length])
+                    data = data[length:]
+                    answer = self.answers.pop(0)
+                    if answer is None:
+                        break
+                    if isinstance(answer, tuple):
+                        conn.sendall(answer[0])
+                        break
+                    conn.sendall(answer)
+                    lowered = answer.lower()
+                    if b"connection: close" in lowered or (b"content-length" not in lowered and b"chunked" not in lowered):
+                        break  # the client reads such an answer up to the close
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_the_transport_reads_every_shape_of_answer_over_one_connection_where_it_can():
+    collector = _CannedCollector([
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nT: 1\r\n\r\n",
+        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\n\r\nuntil the close",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+    ])  # fmt: skip
+    transport = otlp.keep_alive_transport(collector.url)
+    try:
+        results = [transport.request("POST", collector.url, data=b"%d" % n, timeout=5) for n in range(5)]
+    finally:
+        transport.close()
+        collector.close()
+    assert [(r.status_code, r.content(), r.error) for r in results] == [
+        (200, b"ok", None), (200, b"abcde", None), (503, b"", None), (200, b"until the close", None), (204, b"", None),
+    ]  # fmt: skip
+    assert results[2].headers().get("retry-after") == "7" and results[2].headers()["RETRY-AFTER"] == "7"
+    assert collector.requests == [b"0", b"1", b"2", b"3", b"4"]
+    assert collector.connections == 3, "kept alive, except after 'Connection: close' and an answer read to the close"
+
+
+@pytest.mark.parametrize(
+    ("answer", "connection_error"),
+    [
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", False),  # something else listens on the port
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n", False),  # larger than any OTLP answer
+        ((b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "close"), True),  # closed mid-answer: retried
+        (None, True),  # closed without an answer (an idle connection the collector dropped): retried
+    ],
+    ids=["not-http", "too-large", "cut-short", "closed"],
+)
+def test_a_bad_answer_is_an_error_result_and_the_connection_is_dropped(answer, connection_error):
+    collector = _CannedCollector([answer, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"])
+    transport = otlp.keep_alive_transport(collector.url)
+    try:
+        failed = transport.request("POST", collector.url, data=b"x", timeout=5)
+        assert failed.status_code is None and failed.error is not None
+        assert transport.is_connection_error(failed.error) is connection_error
+        assert transport._sock is None
+        assert transport.request("POST", collector.url, data=b"y", timeout=5).status_code == 200
+    finally:
+        transport.close()
+        collector.close()
+
+
+def test_a_header_with_a_line_break_is_refused_not_sent():
+    collector = _CannedCollector([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"])
+    transport = otlp.keep_alive_transport(collector.url)
+    try:
+        result = transport.request("POST", collector.url, headers={"x-tenant": "a\r\nInjected: 1"}, data=b"x")
+        assert isinstance(result.error, ValueError) and collector.requests == []
+    finally:
+        transport.close()
+        collector.close()
 
 
 def test_https_proxies_and_netrc_keep_the_stock_transport(monkeypatch, tmp_path):
