@@ -90,6 +90,16 @@ def test_each_span_alone_encodes_to_the_stock_bytes():
         assert otlp.encode_spans([span]) == _stock([span]), span.name
 
 
+def test_spans_encoded_as_they_ended_give_the_stock_bytes_in_one_group_or_many():
+    spans = _every_shape_of_span()
+    one_scope = [span for span in spans if span.instrumentation_scope.name == "meshlens"]
+    assert len(one_scope) == 2
+    assert otlp.encode_spans([otlp.EncodedSpan(span) for span in one_scope]) == _stock(one_scope)  # one pass
+    assert otlp.encode_spans([otlp.EncodedSpan(span) for span in spans]) == _stock(spans)  # grouped
+    mixed = [otlp.EncodedSpan(span) if n % 2 else span for n, span in enumerate(spans)]
+    assert otlp.encode_spans(mixed) == _stock(spans)
+
+
 class PublicOnly:
     """A span seen only through ReadableSpan's public properties (another implementation)."""
 
