@@ -14,8 +14,8 @@ The rest of the export (retries, backoff, compression, size limit, the SDK's own
 metrics) stays the stock exporter's: :class:`FastOTLPSpanExporter` only swaps the encoding
 step, and falls back to the stock path if the exporter's internals ever change. For a
 plain-HTTP endpoint reached without a proxy, the batches are sent over one kept-alive
-connection (:class:`KeepAliveHTTPTransport`) instead of through requests, a twentieth of the
-CPU per batch; https endpoints, proxies and netrc users keep requests.
+connection (:class:`KeepAliveHTTPTransport`) instead of through requests, about a twentieth
+of the CPU per batch; https endpoints, proxies and netrc users keep requests.
 """
 
 from __future__ import annotations
