@@ -17,7 +17,7 @@ def test_defaults_follow_the_specification():
     assert settings.metrics_port == DEFAULT_METRICS_PORT == 9464
     assert settings.metric_label_set_limit == 2000
     assert settings.span_queue_size == 2048
-    assert settings.span_batch_size == 256  # meshlens's choice, smaller than the SDK's 512
+    assert settings.span_batch_size == 128  # meshlens's choice, smaller than the SDK's 512
     assert not settings.sdk_disabled
 
 
