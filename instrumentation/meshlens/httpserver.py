@@ -375,6 +375,8 @@ class HttpServerTelemetry:
         exchange.environ = environ
         exchange.respond = start_response
         exchange.route_of = route_of
+        exchange.status = 0
+        exchange.body = ()
         try:
             body = app(environ, exchange.start_response)
         except BaseException as error:
@@ -443,6 +445,7 @@ class HttpServerTelemetry:
             return None
         exchange.send = send
         exchange.root_path = scope.get("root_path", "")
+        exchange.status = 0
         return exchange  # type: ignore[no-any-return]
 
 
@@ -452,29 +455,12 @@ class _WsgiExchange(Exchange):
 
     __slots__ = ("body", "environ", "respond", "route_of", "status")
 
-    def __init__(
-        self,
-        telemetry: HttpServerTelemetry,
-        span: Any,
-        method: str,
-        active: Callable[[float], None],
-        context: Context,
-        token: object,
-    ) -> None:
-        # Exchange's fields set here rather than through super().__init__: one frame less per request.
-        self._telemetry = telemetry
-        self.span = span
-        self._method = method
-        self._active = active
-        self.context = context
-        self._context_token = token
-        self._started = time.perf_counter()
-        self._done = False
-        self.status = 0
-        self.environ: Environ = {}
-        self.respond: StartResponse = _no_response
-        self.route_of: Callable[[Environ], str] | None = None
-        self.body: Iterable[bytes] = ()
+    # Exchange's own __init__ (one frame per request); call_wsgi sets these.
+    body: Iterable[bytes]
+    environ: Environ
+    respond: StartResponse
+    route_of: Callable[[Environ], str] | None
+    status: int
 
     def start_response(self, status_line: str, headers: Any, exc_info: Any = None) -> Any:
         try:
@@ -514,27 +500,10 @@ class _AsgiExchange(Exchange):
 
     __slots__ = ("root_path", "send", "status")
 
-    def __init__(
-        self,
-        telemetry: HttpServerTelemetry,
-        span: Any,
-        method: str,
-        active: Callable[[float], None],
-        context: Context,
-        token: object,
-    ) -> None:
-        # Exchange's fields set here rather than through super().__init__: one frame less per request.
-        self._telemetry = telemetry
-        self.span = span
-        self._method = method
-        self._active = active
-        self.context = context
-        self._context_token = token
-        self._started = time.perf_counter()
-        self._done = False
-        self.status = 0
-        self.root_path = ""
-        self.send: Callable[[Any], Awaitable[None]] = _no_send
+    # Exchange's own __init__ (one frame per request); start_asgi sets these three.
+    root_path: str
+    send: Callable[[Any], Awaitable[None]]
+    status: int
 
     async def __call__(self, message: Any) -> None:
         kind = message.get("type")
@@ -574,17 +543,9 @@ _LAST_MESSAGE_TYPES = frozenset({"http.response.body", "http.response.pathsend",
 """The ASGI messages that can complete a response (the body one, unless ``more_body``)."""
 
 
-async def _no_send(_message: Any) -> None:
-    return None
-
-
 def _call_app(app: Any, scope: Scope, receive: Any, send: Any) -> Awaitable[None]:
     """A bare ASGI app called as :meth:`HttpServerTelemetry.asgi_method` calls a method."""
     return app(scope, receive, send)  # type: ignore[no-any-return]
-
-
-def _no_response(*_args: Any) -> None:
-    return None
 
 
 # Excluded URLs are matched against the URL without its query, as the contrib
