@@ -260,6 +260,7 @@ class _CannedCollector:
     def __init__(self, answers: list[bytes | tuple[bytes, str] | None]) -> None:
         self.answers = list(answers)
         self.requests: list[bytes] = []
+        self.heads: list[bytes] = []
         self.connections = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/v1/traces"
@@ -283,6 +284,7 @@ class _CannedCollector:
                     if b"\r\n\r\n" not in data:
                         break
                     head, _, data = data.partition(b"\r\n\r\n")
+                    self.heads.append(head)
                     length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
                     while len(data) < length:
                         data += conn.recv(65536)
@@ -322,6 +324,9 @@ def test_the_transport_reads_every_shape_of_answer_over_one_connection_where_it_
     ]  # fmt: skip
     assert results[2].headers().get("retry-after") == "7" and results[2].headers()["RETRY-AFTER"] == "7"
     assert collector.requests == [b"0", b"1", b"2", b"3", b"4"]
+    host = collector.url.split("/")[2].encode()
+    assert collector.heads[0].splitlines()[:3] == [b"POST /v1/traces HTTP/1.1", b"Host: " + host,
+                                                   b"Accept-Encoding: identity"]
     assert collector.connections == 3, "kept alive, except after 'Connection: close' and an answer read to the close"
 
 
@@ -330,10 +335,11 @@ def test_the_transport_reads_every_shape_of_answer_over_one_connection_where_it_
     [
         (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", False),  # something else listens on the port
         (b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n", False),  # larger than any OTLP answer
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n", False),
         ((b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "close"), True),  # closed mid-answer: retried
         (None, True),  # closed without an answer (an idle connection the collector dropped): retried
     ],
-    ids=["not-http", "too-large", "cut-short", "closed"],
+    ids=["not-http", "too-large", "negative-length", "cut-short", "closed"],
 )
 def test_a_bad_answer_is_an_error_result_and_the_connection_is_dropped(answer, connection_error):
     collector = _CannedCollector([answer, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"])
@@ -355,6 +361,10 @@ def test_a_header_with_a_line_break_is_refused_not_sent():
     try:
         result = transport.request("POST", collector.url, headers={"x-tenant": "a\r\nInjected: 1"}, data=b"x")
         assert isinstance(result.error, ValueError) and collector.requests == []
+        given = transport.request("POST", collector.url, headers={"Host": "collector.example"}, data=b"y")
+        assert given.status_code == 200
+        assert [line for line in collector.heads[0].splitlines() if line.lower().startswith(b"host")] == [
+            b"Host: collector.example"]  # the caller's, not a second one
     finally:
         transport.close()
         collector.close()

@@ -529,6 +529,8 @@ class _ResponseReader:
             self._fill()
 
     def _exactly(self, size: int) -> bytes:
+        if size < 0:
+            raise ValueError(f"the collector's answer has a negative length ({size})")
         if size > _MAX_RESPONSE_BODY:
             raise ValueError(f"the collector's answer is too large ({size} bytes)")
         while len(self._buffered) < size:
@@ -627,7 +629,7 @@ if BaseHTTPTransport is not None:
         def __init__(self) -> None:
             self._lock = threading.Lock()  # one request at a time on the one connection
             self._sock: socket.socket | None = None
-            self._target: tuple[str, int, bytes] | None = None  # host, port, "Host:" and path
+            self._target: tuple[str, int, bytes, bytes] | None = None  # host, port, " path HTTP/1.1", Host
             self._url = ""
             # A forked worker must not write to its parent's connection, nor wait for a lock
             # the parent's export thread held at the fork: it starts afresh.
@@ -647,7 +649,7 @@ if BaseHTTPTransport is not None:
                 parts = urlsplit(url)
                 path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
                 host = parts.netloc.rpartition("@")[2]
-                self._target = (parts.hostname or "", parts.port or 80, f" {path} HTTP/1.1\r\nHost: {host}".encode())
+                self._target = (parts.hostname or "", parts.port or 80, f" {path} HTTP/1.1".encode(), host.encode())
                 self._url = url
             sock = self._sock
             if sock is None:
@@ -677,11 +679,18 @@ if BaseHTTPTransport is not None:
                     assert self._target is not None
                     body = data or b""
                     head = [method.encode("ascii") + self._target[2]]
+                    given = set()
                     for name, value in (headers or {}).items():
                         line = f"{name}: {value}"
                         if "\r" in line or "\n" in line:
                             raise ValueError(f"invalid header {name!r}: a line break in a name or value")
                         head.append(line.encode("latin-1"))
+                        given.add(name.lower())
+                    # As http.client adds them, unless the caller gave its own.
+                    if "host" not in given:
+                        head.append(b"Host: " + self._target[3])
+                    if "accept-encoding" not in given:
+                        head.append(b"Accept-Encoding: identity")
                     head.append(b"Content-Length: %d\r\n\r\n" % len(body))
                     try:
                         sock.sendall(b"\r\n".join(head) + body)
