@@ -295,7 +295,9 @@ def test_an_already_traced_environ_is_not_traced_twice():
 # -- ASGI --------------------------------------------------------------------
 
 
-def _asgi_call(app, path: str = "/items/7", headers=()) -> list[dict]:
+def _asgi_call(app, path: str = "/items/7", headers=(), send=None) -> list[dict]:
+    """Calls ``app`` as a server does (asyncio.run runs it in a task, in a copy of the
+    context); the messages sent, unless ``send`` takes them."""
     sent: list[dict] = []
     scope = {"type": "http", "method": "GET", "scheme": "http", "path": path, "root_path": "",
              "query_string": b"", "http_version": "1.1", "headers": [(b"host", b"api:9000"), *headers],
@@ -304,10 +306,10 @@ def _asgi_call(app, path: str = "/items/7", headers=()) -> list[dict]:
     async def receive():
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message):
+    async def keep(message):
         sent.append(message)
 
-    asyncio.run(app(scope, receive, send))
+    asyncio.run(app(scope, receive, send or keep))
     return sent
 
 
@@ -384,20 +386,6 @@ def _noting_send(events: list):
     return send
 
 
-def _run_asgi(app, send) -> None:
-    scope = {"type": "http", "method": "GET", "scheme": "http", "path": "/", "root_path": "", "query_string": b"",
-             "http_version": "1.1", "headers": [], "client": ("10.0.0.1", 4000), "server": ("10.0.0.2", 9000)}
-
-    async def receive():
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def main():
-        # As a server runs a request: in a task whose context is a copy of the server's.
-        await asyncio.get_running_loop().create_task(app(scope, receive, send))
-
-    asyncio.run(main())
-
-
 def test_the_server_completes_the_response_outside_the_request_context():
     """The last message is sent with the request's context left: a timer the server arms as
     the response completes (uvicorn's keep-alive) does not keep the request's span alive.
@@ -405,7 +393,7 @@ def test_the_server_completes_the_response_outside_the_request_context():
     still see the request's span."""
     t = Telemetry()
     events: list = []
-    _run_asgi(t.server.asgi(_completing_app(events)), _noting_send(events))
+    _asgi_call(t.server.asgi(_completing_app(events)), send=_noting_send(events))
     (span,) = t.spans()
     current = {name: seen.get_span_context() for name, seen in events}
     assert current["http.response.start"] == span.context
@@ -418,7 +406,7 @@ def test_the_server_completes_the_response_outside_the_request_context():
 def test_a_context_the_app_entered_is_kept_while_it_sends():
     t = Telemetry()
     events: list = []
-    _run_asgi(t.server.asgi(_completing_app(events, own_span=t.provider.get_tracer("app"))), _noting_send(events))
+    _asgi_call(t.server.asgi(_completing_app(events, own_span=t.provider.get_tracer("app"))), send=_noting_send(events))
     own = dict(events)["app-span"]
     current = {name: seen for name, seen in events}
     assert current["http.response.body"] is own
@@ -429,7 +417,7 @@ def test_a_context_the_app_entered_is_kept_while_it_sends():
 def test_a_last_message_sent_from_another_task_completes_the_request():
     t = Telemetry()
     events: list = []
-    _run_asgi(t.server.asgi(_completing_app(events, spawn=True)), _noting_send(events))
+    _asgi_call(t.server.asgi(_completing_app(events, spawn=True)), send=_noting_send(events))
     (span, *_) = [s for s in t.spans() if s.name.startswith("GET")]
     current = {name: seen.get_span_context() for name, seen in events}
     assert current["http.response.body"] == span.context  # its task's copy: nothing to leave there

@@ -80,7 +80,7 @@ StartResponse = Callable[..., Any]
 WsgiApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 Scope = MutableMapping[str, Any]
 AsgiApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
-AsgiMethod = Callable[[Any, Scope, Any, Any], Awaitable[None]]
+AsgiCall = Callable[[Any, Scope, Any, Any], Awaitable[None]]
 
 
 _log_failure_once = WarnOnce(
@@ -396,7 +396,7 @@ class HttpServerTelemetry:
 
     def asgi(self, app: AsgiApp) -> AsgiApp:
         """``app`` with a server span and metrics per HTTP request."""
-        call = self.asgi_method(_call_app)
+        call = self.asgi_call(_call_app)
 
         @functools.wraps(app)
         async def traced(scope: Scope, receive: Any, send: Any) -> None:
@@ -404,7 +404,7 @@ class HttpServerTelemetry:
 
         return traced
 
-    def asgi_method(self, original: AsgiMethod) -> AsgiMethod:
+    def asgi_call(self, original: AsgiCall) -> AsgiCall:
         """``original``, an ASGI app class's ``__call__``, with a server span and metrics per
         HTTP request. The request runs in the one coroutine this returns, the app's own aside:
         no wrapper coroutine, partial or closure (with its cells) is made per request."""
@@ -544,7 +544,7 @@ _LAST_MESSAGE_TYPES = frozenset({"http.response.body", "http.response.pathsend",
 
 
 def _call_app(app: Any, scope: Scope, receive: Any, send: Any) -> Awaitable[None]:
-    """A bare ASGI app called as :meth:`HttpServerTelemetry.asgi_method` calls a method."""
+    """A bare ASGI app called as :meth:`HttpServerTelemetry.asgi_call` calls a class's ``__call__``."""
     return app(scope, receive, send)  # type: ignore[no-any-return]
 
 
@@ -752,7 +752,7 @@ def _hook_starlette(module: ModuleType, telemetry: HttpServerTelemetry) -> None:
     if getattr(starlette.__call__, "_meshlens", False):
         return
     original = starlette.__call__
-    __call__ = telemetry.asgi_method(original)
+    __call__ = telemetry.asgi_call(original)
     __call__._meshlens = True  # type: ignore[attr-defined]
     functools.update_wrapper(__call__, original)
     starlette.__call__ = __call__
