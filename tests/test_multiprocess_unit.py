@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
-from meshlens import multiprocess
+from meshlens import _setup, multiprocess
 from meshlens.exposition import MetricsServer
 from meshlens.instruments import exemplar_key
 from meshlens.multiprocess import (
@@ -375,22 +375,91 @@ def test_uwsgi_without_threads_warns_once_per_group(groups_parent, monkeypatch, 
     assert "--enable-threads" in warnings[0]
 
 
-def test_uwsgi_master_installs_a_post_fork_hook(groups_parent, monkeypatch):
+def _fake_uwsgi(monkeypatch, **options: object) -> types.ModuleType:
     fake = types.ModuleType("uwsgi")
     fake.has_threads = 1
     fake.worker_id = lambda: 0
     fake.masterpid = lambda: 0  # no master: no uwsgidecorators
-    fake.opt = {}
+    fake.opt = options
+    monkeypatch.setitem(sys.modules, "uwsgi", fake)
+    return fake
+
+
+def test_uwsgi_master_starts_no_thread_and_hooks_the_fork(groups_parent, monkeypatch, caplog):
+    fake = _fake_uwsgi(monkeypatch)
     calls = []
     fake.post_fork_hook = lambda: calls.append("app's hook")
-    monkeypatch.setitem(sys.modules, "uwsgi", fake)
     group = multiprocess.detect_group("")
-    assert group is not None and group.leader
-    prepare(group)
+    assert group is not None and group.leader and group.threads_after_fork
+    with caplog.at_level(logging.WARNING, logger="meshlens"):
+        prepare(group)
+    assert [r.message for r in caplog.records if "--py-call-uwsgi-fork-hooks" in r.message]
+    started = []
+    runtime = types.SimpleNamespace(runtime_metrics=None, start_background=lambda: started.append(os.getpid()))
+    monkeypatch.setattr(_setup, "_runtime", runtime)
     monkeypatch.setitem(multiprocess._fork_state, "pid", -1)  # as in a freshly forked worker
     fake.post_fork_hook()
     assert calls == ["app's hook"]
+    assert started == [os.getpid()]  # meshlens's threads start in the worker
     assert multiprocess._fork_state["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize(
+    ("value", "safe"), [(True, True), (b"true", True), ([b"0", b"1"], True), (b"false", False), (False, False)]
+)
+def test_uwsgi_with_its_python_fork_hooks_runs_threads_in_the_master(groups_parent, monkeypatch, value, safe):
+    fake = _fake_uwsgi(monkeypatch, **{"py-call-uwsgi-fork-hooks": value})
+    group = multiprocess.detect_group("")
+    assert group is not None and group.threads_after_fork is not safe
+    prepare(group)
+    assert hasattr(fake, "post_fork_hook") is not safe  # else Python's own fork handlers run
+
+
+def test_uwsgi_master_with_a_configured_folder_starts_no_thread_either(groups_parent, monkeypatch):
+    fake = _fake_uwsgi(monkeypatch)
+    group = multiprocess.detect_group(str(groups_parent / "shared"))
+    assert group is not None and group.server == "configured" and group.threads_after_fork
+    prepare(group)
+    assert hasattr(fake, "post_fork_hook")
+
+
+def test_a_forked_child_does_not_keep_the_groups_file_lock(groups_parent):
+    """A scrape in the parent holds the lock file shared at the fork; a reap (exclusive)
+    must get it once that scrape is over, though the child lives on."""
+    directory = multiprocess.group_dir(os.getpid())
+    prepare(Group(directory, leader=True, server="test"))
+    lock_file = directory / ".lock"
+    holding, release = threading.Event(), threading.Event()
+
+    def scrape() -> None:
+        with multiprocess._locked(lock_file, fcntl.LOCK_SH):
+            holding.set()
+            release.wait(10)
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    holding.wait(5)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child lives on until the parent is done
+        os.close(write)
+        os.read(read, 1)
+        os._exit(0)
+    os.close(read)
+    try:
+        release.set()
+        scraper.join()
+        fd = os.open(lock_file, os.O_RDWR)
+        try:
+            deadline = time.monotonic() + 5
+            while not multiprocess._try_flock(fd, fcntl.LOCK_EX):
+                assert time.monotonic() < deadline, "the forked child still holds the lock"
+                time.sleep(0.02)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(write)
+        os.waitpid(pid, 0)
 
 
 # --- the /metrics port ------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Pre-fork servers over real HTTP on loopback: gunicorn (sync, gthread, uvicorn workers,
---preload), uWSGI (app in the master, and --lazy-apps), ``uvicorn --workers`` and
-``meshlens-run``. One scrape of /metrics is the sum over all workers, with exemplars,
-whichever worker answers it; every worker exports its spans; dead workers' numbers
-stay counted and their files go."""
+--preload), uWSGI (app in the master, with and without its Python fork hooks, and
+--lazy-apps), ``uvicorn --workers`` and ``meshlens-run``. One scrape of /metrics is the sum
+over all workers, with exemplars, whichever worker answers it; every worker exports its
+spans; dead workers' numbers stay counted and their files go; respawned workers never hang."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 import urllib.error
 from collections import Counter
@@ -30,6 +31,7 @@ COUNT = "http_server_request_duration_seconds_count"
 HISTOGRAM = "http_server_request_duration_seconds"
 N = 200
 START_TIMEOUT = 90.0
+RESPAWNS = 20
 PROMTOOL = "/usr/bin/promtool"
 # Instrumentations of libraries the test apps do not use: importing them (sqlalchemy,
 # redis, grpc, ...) triples a worker's start-up time, and four workers start at once.
@@ -172,7 +174,7 @@ def _wait_workers(service, expected: int, timeout: float = 60.0) -> None:
 
 
 def _check_group(service, sink, route: str, count: int = N, master: bool = False) -> Counter[int]:
-    """``master``: meshlens was set up in the master, which then forked the workers."""
+    """``master``: the master reports too (meshlens was set up in it, and its threads run there)."""
     _wait_workers(service, 4 + master)
     served, count = _drive_spread(service, count)
     _wait_count(service, route, count)
@@ -228,14 +230,94 @@ def test_gunicorn_scrape_is_the_sum_over_workers(kind, sink, groups_dir, tmp_pat
         assert not list(groups_dir.glob("meshlens-metrics-*"))
 
 
-@pytest.mark.parametrize("mode", ["app-in-master", "lazy-apps"])
+# uWSGI's modes: its arguments, and whether its master reports into /metrics.
+UWSGI_MODES = {
+    # The app is loaded in the master, which forks the workers without taking the GIL:
+    # meshlens runs no thread there (a thread holding the GIL at a fork hangs the new worker),
+    # each worker starts its own.
+    "app-in-master": ((), False),
+    # uWSGI takes the GIL and runs Python's fork handlers around each fork: the master serves
+    # /metrics and exports its spans, as gunicorn's does with --preload.
+    "fork-hooks": (("--py-call-uwsgi-fork-hooks",), True),
+    "lazy-apps": (("--lazy-apps",), False),
+}
+FORK_HOOKS_ADVICE = "Start uWSGI with --py-call-uwsgi-fork-hooks"
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+@pytest.mark.parametrize("mode", list(UWSGI_MODES))
 def test_uwsgi_scrape_is_the_sum_over_workers(mode, sink, groups_dir, tmp_path):
     port = free_port()
-    extra = ("--lazy-apps",) if mode == "lazy-apps" else ()
+    extra, master_reports = UWSGI_MODES[mode]
     with running(_uwsgi(port, "flask_app:app", *extra), port, _env(sink, groups_dir),
                  tmp_path / "service.log", timeout=START_TIMEOUT) as service:
-        _check_group(service, sink, FLASK_ROUTE, master=mode == "app-in-master")
-        assert "uWSGI runs without Python threads" not in service.log()
+        _check_group(service, sink, FLASK_ROUTE, master=master_reports)
+        log = service.log()
+        assert "uWSGI runs without Python threads" not in log
+        assert log.count(FORK_HOOKS_ADVICE) == (mode == "app-in-master"), log
+        if mode == "app-in-master":
+            assert _threads(service.process.pid) == 1, "meshlens started a thread in the uWSGI master"
+
+
+def _oldest(pids: list[int]) -> int:
+    return min(pids, key=lambda pid: int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]))
+
+
+@pytest.mark.parametrize("server", ["uwsgi-app-in-master", "uwsgi-fork-hooks", "gunicorn-preload"])
+def test_workers_respawned_while_the_master_is_scraped_all_come_up(server, sink, groups_dir, tmp_path):
+    """Workers killed one after another while /metrics is scraped without pause: each new
+    one serves and reports, and scrapes go on. What this guards against, both seen before:
+    uWSGI forks from C code without taking the GIL, so a thread of the master holding it at
+    that moment left the new worker waiting for it forever; and a worker forked while a
+    scrape in the master held the group's file lock kept that lock for its whole life, and
+    every later scrape waited for it."""
+    port = free_port()
+    if server == "gunicorn-preload":
+        argv, master_reports = _gunicorn(port, "flask_app:app", "--preload"), True
+    else:
+        extra, master_reports = UWSGI_MODES[server.removeprefix("uwsgi-")]
+        argv = _uwsgi(port, "flask_app:app", *extra)
+    with running(argv, port, _env(sink, groups_dir), tmp_path / "service.log", timeout=START_TIMEOUT) as service:
+        _wait_workers(service, 4 + master_reports)
+        master = service.process.pid
+        stop = threading.Event()
+        scrapes = Counter[str]()
+
+        def scrape_without_pause() -> None:
+            while not stop.is_set():
+                try:
+                    service.metrics()
+                    scrapes["answered"] += 1
+                except (OSError, urllib.error.URLError):
+                    scrapes["failed"] += 1
+                    time.sleep(0.01)
+
+        scrapers = [threading.Thread(target=scrape_without_pause) for _ in range(3)]
+        for scraper in scrapers:
+            scraper.start()
+        try:
+            for _ in range(RESPAWNS):
+                victim = _oldest(_children(master))
+                os.kill(victim, signal.SIGKILL)
+                deadline = time.monotonic() + 30
+                while (victim in (workers := _children(master)) or len(workers) < 4) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                assert victim not in workers and len(workers) == 4, workers
+        finally:
+            stop.set()
+            for scraper in scrapers:
+                scraper.join(timeout=30)
+        assert scrapes["answered"] > RESPAWNS, scrapes
+        # A worker that hangs after the fork never runs Python again: it never reports.
+        _wait_workers(service, 4 + master_reports, timeout=30.0)
+        assert _drive(service, 40)
 
 
 def test_uvicorn_workers_scrape_is_the_sum_over_workers(sink, groups_dir, tmp_path):
@@ -252,6 +334,7 @@ def test_meshlens_run_with_a_plain_app(server, sink, groups_dir, tmp_path):
     command = _gunicorn(port, "plain_app:app") if server == "gunicorn" else _uwsgi(port, "plain_app:app")
     argv = [bin_path("meshlens-run"), *command]
     with running(argv, port, _env(sink, groups_dir), tmp_path / "service.log", timeout=START_TIMEOUT) as service:
+        # meshlens-run starts uWSGI with its Python fork hooks: the master reports too.
         served = _check_group(service, sink, FLASK_ROUTE, master=True)
         assert service.process.pid not in served
         assert _group_folder(groups_dir).name.split("-")[-2] == str(service.process.pid)

@@ -45,6 +45,7 @@ from meshlens.settings import Settings, load_settings
 from meshlens.tracing import (
     CountedBatchSpanProcessor,
     build_resource,
+    build_span_processor,
     build_tracer_provider,
     flush_and_shutdown,
 )
@@ -62,14 +63,44 @@ class Runtime:
 
     settings: Settings
     tracer_provider: TracerProvider
-    span_processor: CountedBatchSpanProcessor | None
     instruments: Instruments
     registry: CollectorRegistry
     group: multiprocess.Group | None
-    metrics_server: MetricsServer | None
     runtime_metrics: RuntimeMetrics | None
+    span_processor: CountedBatchSpanProcessor | None = None
+    """The export queue, once :meth:`start_background` has run."""
+    metrics_server: MetricsServer | None = None
+    """The /metrics endpoint, once :meth:`start_background` has run (None when off or the port is taken)."""
     instrumented: list[libraries.Outcome] = field(default_factory=list)
+    _started: bool = False
     _stopped: bool = False
+
+    def start_background(self) -> None:
+        """Starts what runs beside the service, in threads: span export, the pre-fork runtime
+        sampler and the /metrics endpoint. Once per process, and a process forked after it
+        does not start them again (the SDK restarts span export in the child itself, and the
+        group's /metrics stays with the process that opened it). Where threads must wait for
+        the fork (:attr:`multiprocess.Group.threads_after_fork`) each worker calls it."""
+        if self._started or self._stopped:
+            return
+        self._started = True
+        settings = self.settings
+        self.span_processor = build_span_processor(settings, self.instruments)
+        if self.span_processor is not None:
+            self.tracer_provider.add_span_processor(self.span_processor)
+        if self.group is not None and self.runtime_metrics is not None:
+            # Another worker may answer the scrape: keep this one's files current.
+            self.runtime_metrics.start_background(settings.runtime_interval_s)
+        if settings.metrics_port:
+            server = MetricsServer(
+                self.registry, settings.metrics_host, settings.metrics_port,
+                self.group.directory if self.group else None,
+            )  # fmt: skip
+            self.metrics_server = server if server.start() else None
+
+    def sample_span_queue(self) -> None:
+        if self.span_processor is not None:
+            self.span_processor.sample_queue()
 
     def shutdown(self) -> None:
         """Flushes buffered spans and stops the endpoint; safe to call more than once."""
@@ -164,9 +195,7 @@ def _start(settings: Settings) -> Runtime:
     loop_monitor = EventLoopLagMonitor(instruments) if settings.runtime_metrics else None
     on_request = loop_monitor.watch_current_loop if loop_monitor else None
     red = RedMetricsProcessor(instruments, on_request, frozenset({httpserver.SCOPE_NAME}))
-    tracer_provider, span_processor = build_tracer_provider(
-        settings, build_resource(settings), instruments, red
-    )
+    tracer_provider = build_tracer_provider(settings, build_resource(settings), red)
     trace.set_tracer_provider(tracer_provider)
     propagate.set_global_textmap(_propagator(settings.propagators))
 
@@ -176,39 +205,26 @@ def _start(settings: Settings) -> Runtime:
         logs.install(settings.baggage_to_attributes)
 
     registry = CollectorRegistry(auto_describe=False)
-    samplers = []
+    runtime = Runtime(
+        settings=settings,
+        tracer_provider=tracer_provider,
+        instruments=instruments,
+        registry=registry,
+        group=group,
+        runtime_metrics=runtime_metrics,
+    )
+    samplers = [runtime.sample_span_queue]
     if runtime_metrics is not None:
-        samplers.append(runtime_metrics.sample)
-    if span_processor is not None:
-        samplers.append(span_processor.sample_queue)
+        samplers.insert(0, runtime_metrics.sample)
     registry.register(BeforeScrape(samplers))
     if group is None:
         registry.register(instruments)
         registry.register(ApplicationMetrics(spec.base_name for spec in catalogue.CATALOGUE))
     else:
         registry.register(multiprocess.GroupCollector(group.directory))
-        if runtime_metrics is not None:
-            # Another worker may answer the scrape: keep this one's files current.
-            runtime_metrics.start_background(settings.runtime_interval_s)
+    if group is None or not group.threads_after_fork:
+        runtime.start_background()
 
-    server = None
-    if settings.metrics_port:
-        server = MetricsServer(
-            registry, settings.metrics_host, settings.metrics_port, group.directory if group else None
-        )
-        if not server.start():
-            server = None
-
-    runtime = Runtime(
-        settings=settings,
-        tracer_provider=tracer_provider,
-        span_processor=span_processor,
-        instruments=instruments,
-        registry=registry,
-        group=group,
-        metrics_server=server,
-        runtime_metrics=runtime_metrics,
-    )
     asgi_options: dict[str, Any] = {}
     if not settings.framework_internal_spans:
         asgi_options["exclude_spans"] = ["receive", "send"]

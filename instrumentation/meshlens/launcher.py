@@ -8,9 +8,10 @@ The command's Python interpreter configures meshlens at start-up (through a
 code is imported. For a pre-fork server the launcher also gives the workers a
 shared metrics folder, so that the master and every worker report into one
 ``/metrics``. uWSGI is also asked for Python threads and for Python's own fork
-hooks (``--enable-threads --py-call-uwsgi-fork-hooks``): meshlens is then set up in
-the master before uWSGI starts, and its workers are forked without those hooks
-otherwise (their spans would carry the master's pid, their samplers would not run).
+hooks (``--enable-threads --py-call-uwsgi-fork-hooks``): meshlens is set up in the
+master before uWSGI starts, its threads already run there, and without those hooks
+uWSGI would fork workers without taking the GIL (a worker forked while one of those
+threads held it would hang) and without Python's after-fork handlers.
 """
 
 from __future__ import annotations

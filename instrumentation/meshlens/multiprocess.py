@@ -28,7 +28,6 @@ import atexit
 import contextlib
 import errno
 import fcntl
-import functools
 import glob
 import inspect
 import json
@@ -87,6 +86,10 @@ class Group:
     leader: bool
     """True in the process that forks the others (it starts the folder afresh)."""
     server: str
+    threads_after_fork: bool = False
+    """True where meshlens must start no thread before the fork, and each worker starts its own
+    after it: a uWSGI master (or first process) that forks without taking the GIL first (see
+    :func:`uwsgi_forks_safely`)."""
 
 
 def _start_time(pid: int) -> str:
@@ -115,9 +118,11 @@ def _on_stack(path_part: str, function: str | None = None) -> bool:
 
 def detect_group(explicit_dir: str) -> Group | None:
     """The pre-fork group this process belongs to, or None for a single process."""
-    if explicit_dir:
-        return Group(Path(explicit_dir), leader=False, server="configured")
     modules = sys.modules
+    uwsgi = modules.get("uwsgi")
+    if explicit_dir:
+        return Group(Path(explicit_dir), leader=False, server="configured",
+                     threads_after_fork=uwsgi is not None and _uwsgi_forks_unsafely(uwsgi))  # fmt: skip
     if "gunicorn" in modules:
         # A worker loads the app in Worker.init_process (requests are served from there
         # too). Anywhere else in gunicorn code this is the arbiter, before it forks:
@@ -126,11 +131,11 @@ def detect_group(explicit_dir: str) -> Group | None:
             return Group(group_dir(os.getppid()), leader=False, server="gunicorn")
         if _on_stack("gunicorn/"):
             return Group(group_dir(os.getpid()), leader=True, server="gunicorn")
-    uwsgi = modules.get("uwsgi")
     if uwsgi is not None and hasattr(uwsgi, "worker_id"):
         worker = uwsgi.worker_id()
         if worker == 0:  # the master (or the first process), loading the app before forking
-            return Group(group_dir(os.getpid()), leader=True, server="uwsgi")
+            return Group(group_dir(os.getpid()), leader=True, server="uwsgi",
+                         threads_after_fork=_uwsgi_forks_unsafely(uwsgi))  # fmt: skip
         master = uwsgi.masterpid() if hasattr(uwsgi, "masterpid") else 0
         if not master:  # no --master: worker 1 is the first process and forks the others
             master = os.getpid() if worker == 1 else os.getppid()
@@ -227,7 +232,7 @@ def prepare(group: Group) -> None:
         _logger.debug("meshlens: cleaning up metrics folders failed", exc_info=True)
     _follow_forks()
     uwsgi = sys.modules.get("uwsgi")
-    if group.server == "uwsgi" and uwsgi is not None:
+    if uwsgi is not None and (group.server == "uwsgi" or group.threads_after_fork):
         _check_uwsgi(group, uwsgi)
     if _leader_pid(directory) == os.getpid():
         atexit.register(_leave, directory, os.getpid())
@@ -314,36 +319,24 @@ _fork_state = {"pid": os.getpid(), "registered": False}
 def _follow_forks() -> None:
     if not _fork_state["registered"] and hasattr(os, "register_at_fork"):
         _fork_state["registered"] = True
-        os.register_at_fork(after_in_child=after_fork_in_child)
+        os.register_at_fork(
+            before=_lock_files_guard.acquire, after_in_parent=_lock_files_guard.release,
+            after_in_child=after_fork_in_child,
+        )  # fmt: skip
 
 
-def after_fork_in_child(restart_threads: bool = False) -> None:
-    """Makes a forked worker its own process for meshlens; once per process.
-
-    ``restart_threads`` is for servers that fork without running Python's after-fork
-    handlers (uWSGI): meshlens's own background sampler is restarted here instead.
-    """
+def after_fork_in_child() -> None:
+    """Makes a forked worker its own process for meshlens; once per process."""
     pid = os.getpid()
     if _fork_state["pid"] == pid:
         return
     _fork_state["pid"] = pid
-    if restart_threads:  # Python's after-fork handlers did not run: count the fork here
-        _forks.count()
-    for step in (_reinit_value_lock, mmap_values.after_fork_in_child, _update_resource_pid):
+    steps = (_close_inherited_lock_files, _reinit_value_lock, mmap_values.after_fork_in_child, _update_resource_pid)
+    for step in steps:
         try:
             step()
         except Exception:
             _logger.debug("meshlens: after-fork step %s failed", step.__name__, exc_info=True)
-    if restart_threads:
-        try:
-            from meshlens import _setup
-
-            runtime = _setup.current()
-            if runtime is not None and runtime.runtime_metrics is not None:
-                # RuntimeMetrics registers this for os.fork(); uWSGI's fork skips it.
-                runtime.runtime_metrics.after_fork()
-        except Exception:
-            _logger.debug("meshlens: restarting the runtime sampler after fork failed", exc_info=True)
 
 
 def _reinit_value_lock() -> None:
@@ -381,6 +374,37 @@ def _update_resource_pid() -> None:
     update(Resource({"process.pid": os.getpid()}))
 
 
+_UWSGI_FORK_HOOKS = "py-call-uwsgi-fork-hooks"
+
+
+def uwsgi_forks_safely(uwsgi: ModuleType) -> bool:
+    """Whether uWSGI takes the GIL and runs Python's fork handlers around each fork
+    (``--py-call-uwsgi-fork-hooks``).
+
+    Otherwise its master forks a worker (at start and at every respawn) from C code while any
+    other thread may hold the GIL, and the worker then waits for that GIL forever: a thread of
+    meshlens's in the master (the /metrics endpoint, span export) would hang workers.
+    ``--py-call-osafterfork`` does not prevent it: a respawned worker takes the GIL before
+    those handlers run.
+    """
+    options = getattr(uwsgi, "opt", None) or {}
+    value = options.get(_UWSGI_FORK_HOOKS, options.get(_UWSGI_FORK_HOOKS.encode()))
+    if isinstance(value, list):  # given more than once: the last one counts
+        value = value[-1] if value else None
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if value is None or isinstance(value, bool):
+        return bool(value)  # a flag on the command line reads True
+    return str(value).strip().lower() not in ("false", "0", "no", "off")  # as uWSGI reads an ini value
+
+
+def _uwsgi_forks_unsafely(uwsgi: ModuleType) -> bool:
+    """This process is uWSGI's master (or first process) loading the app, and it will fork
+    the workers without taking the GIL."""
+    worker_id = getattr(uwsgi, "worker_id", None)
+    return worker_id is not None and worker_id() == 0 and not uwsgi_forks_safely(uwsgi)
+
+
 def _check_uwsgi(group: Group, uwsgi: ModuleType) -> None:
     if not getattr(uwsgi, "has_threads", True):
         _warn_once(
@@ -391,43 +415,91 @@ def _check_uwsgi(group: Group, uwsgi: ModuleType) -> None:
             "served: spans are delayed or lost and scrapes can hang. Start uWSGI with "
             "--enable-threads (enable-threads = true in the ini file).",
         )
-    if not group.leader:
-        return  # lazy-apps: each worker configured meshlens itself
-    options = getattr(uwsgi, "opt", {}) or {}
-    if any(name in options for name in ("py-call-osafterfork", "py-call-uwsgi-fork-hooks")):
-        return  # uWSGI runs Python's own after-fork handlers
-    # uWSGI forks its workers without Python's after-fork handlers: run meshlens's own.
-    hook = functools.partial(after_fork_in_child, restart_threads=True)
+    if not group.threads_after_fork:
+        return  # a worker of lazy-apps, or uWSGI runs Python's own fork handlers
+    _warn_once(
+        group.directory,
+        "uwsgi-fork-hooks",
+        "meshlens: uWSGI loads the app before it forks the workers, and forks them without taking "
+        "the GIL, so meshlens starts no thread until after the fork (one running at a fork could "
+        "hang the new worker): each worker exports its spans and serves /metrics, and the master's "
+        f"own spans and runtime metrics are not reported. Start uWSGI with --{_UWSGI_FORK_HOOKS} "
+        f"({_UWSGI_FORK_HOOKS} = true in the ini file) to have them.",
+    )
     if uwsgi.masterpid():
         try:
             import uwsgidecorators  # the app's @postfork functions are chained here too
 
-            uwsgidecorators.postfork_chain.insert(0, hook)
+            uwsgidecorators.postfork_chain.insert(0, _after_uwsgi_fork)
             return
         except Exception:
             _logger.debug("meshlens: uwsgidecorators unavailable", exc_info=True)
     previous: Callable[[], object] | None = getattr(uwsgi, "post_fork_hook", None)
 
     def post_fork_hook() -> None:
-        hook()
+        _after_uwsgi_fork()
         if previous is not None:
             previous()
 
     uwsgi.post_fork_hook = post_fork_hook
 
 
+def _after_uwsgi_fork() -> None:
+    """In each uWSGI worker, after the fork: Python's after-fork handlers did not run (unless
+    ``--py-call-osafterfork``), and meshlens's threads start here (none ran in the master)."""
+    forked = _fork_state["pid"] != os.getpid()  # False in worker 1 without --master: it did not fork
+    if forked:
+        _forks.count()
+        after_fork_in_child()
+    try:
+        from meshlens import _setup
+
+        runtime = _setup.current()
+        if runtime is None:
+            return
+        if forked and runtime.runtime_metrics is not None:
+            runtime.runtime_metrics.after_fork()  # registered for os.fork, which uWSGI's fork skips
+        runtime.start_background()
+    except Exception:
+        _logger.warning("meshlens: starting span export and /metrics in a uWSGI worker failed", exc_info=True)
+
+
 # --- who serves /metrics ------------------------------------------------------------
+
+
+# An flock belongs to the open file, which a forked child shares: had a thread of the parent
+# held one at the fork (a scrape in a master that serves /metrics, as gunicorn's with
+# --preload), the child would keep it locked for its whole life once the thread closed its
+# own copy, and every later scrape would wait for it. So these files are opened and closed
+# with forks held off, and a forked child closes its copies of those open at the fork.
+_lock_files_guard = threading.Lock()
+_open_lock_files: set[int] = set()
 
 
 @contextlib.contextmanager
 def _locked(path: Path, mode: int) -> Iterator[None]:
     """Holds an flock on ``path`` (created if missing) for the block."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    with _lock_files_guard:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        _open_lock_files.add(fd)
     try:
         fcntl.flock(fd, mode)
         yield
     finally:
-        os.close(fd)  # releases the lock
+        with _lock_files_guard:
+            _open_lock_files.discard(fd)
+            os.close(fd)  # releases the lock (once no forked child holds a copy)
+
+
+def _close_inherited_lock_files() -> None:
+    """In a forked child: closes its copies of the files the parent's threads held locks
+    on at the fork (never unlocks them: the parent still holds those locks)."""
+    _lock_files_guard._at_fork_reinit()  # type: ignore[attr-defined]  # taken by the parent's fork
+    inherited = list(_open_lock_files)
+    _open_lock_files.clear()
+    for fd in inherited:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def serving_lock(directory: Path) -> contextlib.AbstractContextManager[None]:

@@ -139,8 +139,8 @@ class RuntimeMetrics:
         self._stop.set()
 
     def after_fork(self) -> None:
-        """Resets per-process state in a forked child (registered for os.fork; servers
-        that fork without Python's hooks, uWSGI, call it themselves)."""
+        """Resets per-process state in a forked child (registered for os.fork; in uWSGI's
+        workers, which it forks without Python's hooks, meshlens's post-fork hook calls it)."""
         # A forked child starts with zero CPU time of its own; its GC counts are inherited.
         self._lock = threading.Lock()
         self._cpu_seen = {"user": 0.0, "system": 0.0}

@@ -464,20 +464,22 @@ class CountedBatchSpanProcessor(BatchSpanProcessor):
         self._shutdown_drops.inc(count)
 
 
-def build_tracer_provider(
-    settings: Settings, resource: Resource, instruments: Instruments, metrics_processor: SpanProcessor
-) -> tuple[TracerProvider, CountedBatchSpanProcessor | None]:
-    """The provider, with the metrics processor ahead of the export queue."""
+def build_tracer_provider(settings: Settings, resource: Resource, metrics_processor: SpanProcessor) -> TracerProvider:
+    """The provider, with the metrics processor first; :func:`build_span_processor` adds the
+    export queue when meshlens starts its threads."""
     # shutdown_on_exit=False: meshlens flushes at exit itself, within its own deadline.
     provider = TracerProvider(resource=resource, sampler=build_sampler(settings), shutdown_on_exit=False)
     provider.add_span_processor(metrics_processor)
+    return provider
+
+
+def build_span_processor(settings: Settings, instruments: Instruments) -> CountedBatchSpanProcessor | None:
+    """The export queue and its thread (started here), or None when traces are not exported."""
     exporter = build_exporter(settings)
     if exporter is None:
-        return provider, None
+        return None
     endpoint = traces_endpoint(settings) if settings.traces_exporter == "otlp" else settings.traces_exporter
-    processor = CountedBatchSpanProcessor(ObservedExporter(exporter, instruments, endpoint), settings, instruments)
-    provider.add_span_processor(processor)
-    return provider, processor
+    return CountedBatchSpanProcessor(ObservedExporter(exporter, instruments, endpoint), settings, instruments)
 
 
 def flush_and_shutdown(
