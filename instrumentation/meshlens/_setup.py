@@ -223,7 +223,7 @@ def _start(settings: Settings) -> Runtime:
     else:
         registry.register(multiprocess.GroupCollector(group.directory))
     if group is None or not group.threads_after_fork:
-        runtime.start_background()
+        runtime.start_background()  # else each worker starts them after the fork (multiprocess._check_uwsgi)
 
     asgi_options: dict[str, Any] = {}
     if not settings.framework_internal_spans:

@@ -89,7 +89,7 @@ class Group:
     threads_after_fork: bool = False
     """True where meshlens must start no thread before the fork, and each worker starts its own
     after it: a uWSGI master (or first process) that forks without taking the GIL first (see
-    :func:`uwsgi_forks_safely`)."""
+    :func:`_uwsgi_forks_safely`)."""
 
 
 def _start_time(pid: int) -> str:
@@ -377,7 +377,7 @@ def _update_resource_pid() -> None:
 _UWSGI_FORK_HOOKS = "py-call-uwsgi-fork-hooks"
 
 
-def uwsgi_forks_safely(uwsgi: ModuleType) -> bool:
+def _uwsgi_forks_safely(uwsgi: ModuleType) -> bool:
     """Whether uWSGI takes the GIL and runs Python's fork handlers around each fork
     (``--py-call-uwsgi-fork-hooks``).
 
@@ -402,7 +402,7 @@ def _uwsgi_forks_unsafely(uwsgi: ModuleType) -> bool:
     """This process is uWSGI's master (or first process) loading the app, and it will fork
     the workers without taking the GIL."""
     worker_id = getattr(uwsgi, "worker_id", None)
-    return worker_id is not None and worker_id() == 0 and not uwsgi_forks_safely(uwsgi)
+    return worker_id is not None and worker_id() == 0 and not _uwsgi_forks_safely(uwsgi)
 
 
 def _check_uwsgi(group: Group, uwsgi: ModuleType) -> None:
