@@ -203,7 +203,12 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return _stat(pid)[0] != "Z"
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state first, start time at 19)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 # --- gunicorn, uWSGI, uvicorn -------------------------------------------------------
@@ -267,7 +272,7 @@ def test_uwsgi_scrape_is_the_sum_over_workers(mode, sink, groups_dir, tmp_path):
 
 
 def _oldest(pids: list[int]) -> int:
-    return min(pids, key=lambda pid: int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]))
+    return min(pids, key=lambda pid: int(_stat(pid)[19]))
 
 
 @pytest.mark.parametrize("server", ["uwsgi-app-in-master", "uwsgi-fork-hooks", "gunicorn-preload"])
